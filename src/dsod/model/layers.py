@@ -1,0 +1,133 @@
+"""Building blocks of the DSOD network (spec §1.1-1.3).
+
+Composite function inside the network is pre-activation BN -> ReLU -> Conv ("bn_relu_conv" in the
+original ``model_libs.py``); only the three stem convs are post-activation Conv -> BN -> ReLU.
+All convolutions are bias-free (spec §1.1).
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CaffeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose running statistics follow Caffe's ``BatchNorm`` layer.
+
+    Caffe keeps decayed sums S_t = d*S_{t-1} + x_t and a scale factor F_t = d*F_{t-1} + 1 and uses
+    S_t / F_t (spec §1.1, moving_average_fraction d = 0.999). That is an exponential average with
+    bias correction: PyTorch momentum m_t = 1 / F_t = (1 - d) / (1 - d**t). A constant momentum of
+    1 - d would instead keep the initial (0, 1) statistics for thousands of steps, which breaks
+    evaluation of short runs. Under SyncBatchNorm conversion the momentum in force is kept.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, decay: float = 0.999):
+        super().__init__(num_features, eps=eps, momentum=1.0 - decay)
+        self.decay = decay
+        self._steps: int | None = None  # python mirror of num_batches_tracked (no device sync)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats:
+            if self._steps is None:
+                self._steps = int(self.num_batches_tracked)
+            self._steps += 1
+            self.momentum = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
+        return super().forward(x)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._steps = None  # re-read the restored num_batches_tracked on the next training step
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+def make_norm(kind: str, channels: int, eps: float = 1e-5, decay: float = 0.999) -> nn.Module:
+    """BN (Caffe running statistics) or GroupNorm; both have the same learnable gamma/beta."""
+    if kind == "bn":
+        return CaffeBatchNorm2d(channels, eps=eps, decay=decay)
+    if kind == "gn":
+        return nn.GroupNorm(math.gcd(32, channels), channels, eps=eps)
+    raise ValueError(f"unknown norm '{kind}'; valid: bn, gn")
+
+
+class ConvNormReLU(nn.Sequential):
+    """Post-activation Conv -> BN -> ReLU (stem only, spec §1.2 rows 1-3)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: str, decay: float):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+            make_norm(norm, cout, decay=decay),
+            nn.ReLU(inplace=True),
+        )
+
+
+class NormReLUConv(nn.Sequential):
+    """Pre-activation BN -> ReLU -> Conv ("bn_relu_conv"). ``groups=cin`` makes it depthwise."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, *, norm: str = "bn",
+                 decay: float = 0.999, groups: int = 1):
+        super().__init__(
+            make_norm(norm, cin, decay=decay),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        )
+
+
+class DenseLayer(nn.Module):
+    """One dense layer: BN-ReLU-Conv1x1(B) -> BN-ReLU-Conv3x3(k); returns only the k new channels.
+
+    Depthwise variant (Tiny-DSOD's DDB): BN-ReLU-Conv1x1(B) -> BN-ReLU-DWConv3x3(B) [-> 1x1 to k].
+    """
+
+    def __init__(self, cin: int, bottleneck: int, growth: int, *, depthwise: bool, norm: str, decay: float):
+        super().__init__()
+        layers: List[nn.Module] = [NormReLUConv(cin, bottleneck, 1, norm=norm, decay=decay)]
+        if depthwise:
+            layers.append(NormReLUConv(bottleneck, bottleneck, 3, norm=norm, decay=decay, groups=bottleneck))
+            if bottleneck != growth:
+                layers.append(NormReLUConv(bottleneck, growth, 1, norm=norm, decay=decay))
+        else:
+            layers.append(NormReLUConv(bottleneck, growth, 3, norm=norm, decay=decay))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers; each sees the concat of the block input and all earlier new
+    features, in the original order [input, new_1, new_2, ...] (spec §1.2)."""
+
+    def __init__(self, num_layers: int, cin: int, bottleneck: int, growth: int, *, depthwise: bool,
+                 norm: str, decay: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(cin + i * growth, bottleneck, growth, depthwise=depthwise, norm=norm, decay=decay)
+            for i in range(num_layers)
+        )
+        self.out_channels = cin + num_layers * growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return x
+
+
+def max_pool_ceil(x: torch.Tensor) -> torch.Tensor:
+    """Caffe 2x2/2 max pooling rounds up (spec §1.1): 75->38, 19->10, 5->3, 3->2."""
+    return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+
+
+class L2Norm(nn.Module):
+    """SSD ``Normalize`` layer: L2 across channels per location, learnable per-channel scale
+    (init 20), eps 1e-10 inside the square root (spec §1.4)."""
+
+    def __init__(self, channels: int, init: float = 20.0, eps: float = 1e-10):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(init)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True) + self.eps)
+        return x * norm * self.weight.view(1, -1, 1, 1)

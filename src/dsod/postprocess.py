@@ -1,0 +1,63 @@
+"""Detection output (spec §1.7, Caffe ``DetectionOutput``): softmax, decode, per-class score
+threshold (0.01) and top-k (400), per-class NMS (0.45, torchvision's batched NMS), keep the best 200
+per image. Vectorised over classes; one loop over images."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torchvision.ops import batched_nms
+
+from .box_coder import decode
+from .boxes import cxcywh_to_xyxy
+
+
+class PostProcessor:
+    """Args:
+        score_thresh, nms_thresh, topk_candidates (per class, before NMS), detections_per_img.
+        variances: box-coding variances.
+
+    __call__(bbox_regression (N, A, 4), cls_logits (N, A, C), anchors_cxcywh (A, 4), image_sizes)
+    returns one dict per image: ``boxes`` (K, 4) xyxy, ``scores`` (K,), ``labels`` (K,) int64 dataset
+    class indices (0-based, background removed), sorted by score. With ``image_sizes`` [(h, w), ...]
+    boxes are in those pixels (e.g. the original image, undoing the warp-resize), else normalised.
+    Boxes are clipped to the image (Caffe does not clip; clipping only trims parts outside the image).
+    """
+
+    def __init__(self, score_thresh: float = 0.01, nms_thresh: float = 0.45, topk_candidates: int = 400,
+                 detections_per_img: int = 200, variances: Tuple[float, float] = (0.1, 0.2)):
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.topk_candidates = topk_candidates
+        self.detections_per_img = detections_per_img
+        self.variances = variances
+
+    @torch.no_grad()
+    def __call__(self, bbox_regression: torch.Tensor, cls_logits: torch.Tensor, anchors_cxcywh: torch.Tensor,
+                 image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[str, torch.Tensor]]:
+        boxes_all = cxcywh_to_xyxy(decode(bbox_regression.float(), anchors_cxcywh, self.variances))
+        scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+        results = []
+        for i in range(boxes_all.shape[0]):
+            h, w = image_sizes[i] if image_sizes is not None else (1.0, 1.0)
+            results.append(self._single(boxes_all[i], scores_all[i], float(h), float(w)))
+        return results
+
+    def _single(self, boxes: torch.Tensor, scores: torch.Tensor, h: float, w: float) -> Dict[str, torch.Tensor]:
+        anchor_idx, labels = torch.nonzero(scores > self.score_thresh, as_tuple=True)
+        s = scores[anchor_idx, labels]
+        # Per-class top-k: order by score, then (stably) by class; rank within each class.
+        order = s.argsort(descending=True)
+        order = order[labels[order].argsort(stable=True)]
+        anchor_idx, labels, s = anchor_idx[order], labels[order], s[order]
+        counts = torch.bincount(labels, minlength=scores.shape[1])
+        starts = counts.cumsum(0) - counts
+        rank = torch.arange(len(labels), device=labels.device) - starts[labels]
+        keep = rank < self.topk_candidates
+        anchor_idx, labels, s = anchor_idx[keep], labels[keep], s[keep]
+        b = boxes[anchor_idx]
+        keep = batched_nms(b, s, labels, self.nms_thresh)[: self.detections_per_img]
+        scale = b.new_tensor([w, h, w, h])
+        b = (b[keep] * scale)
+        b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
+        return {"boxes": b, "scores": s[keep], "labels": labels[keep]}
