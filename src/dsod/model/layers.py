@@ -131,3 +131,52 @@ class L2Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True) + self.eps)
         return x * norm * self.weight.view(1, -1, 1, 1)
+
+
+class SyncCaffeBatchNorm2d(CaffeBatchNorm2d):
+    """CaffeBatchNorm2d whose batch statistics are computed over all processes of the default group.
+
+    Written by hand because ``torch.nn.SyncBatchNorm`` only runs on GPUs (it raises on CPU tensors),
+    and multi-process training must be testable on the CPU with gloo. The per-channel sum, sum of
+    squares and count are summed with the autograd-aware ``torch.distributed.nn.all_reduce``, so the
+    backward pass sums the statistics' gradients across processes exactly as SyncBatchNorm does.
+    Outside a multi-process run, or in eval mode, it is a plain CaffeBatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / c, device=x.device, dtype=torch.float32)
+        stats = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
+        with torch.no_grad():
+            if self._steps is None:
+                self._steps = int(self.num_batches_tracked)
+            self._steps += 1
+            self.num_batches_tracked.add_(1)
+            m = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).detach(), m)
+        y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every CaffeBatchNorm2d by a SyncCaffeBatchNorm2d sharing its parameters and buffers."""
+    for name, child in module.named_children():
+        if type(child) is CaffeBatchNorm2d:
+            sync = SyncCaffeBatchNorm2d(child.num_features, eps=child.eps, decay=child.decay)
+            sync.load_state_dict(child.state_dict())
+            sync.to(child.weight.device)
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module

@@ -1,0 +1,110 @@
+"""Self-describing checkpoints, written atomically and loaded with ``weights_only=True``.
+
+Contents: ``model`` (state dict), ``model_config`` (the ModelConfig as plain data), ``names``,
+``category_ids`` (COCO id of each label, or None), ``image_size``, ``pixel_mean``, ``metrics``,
+``versions`` (dsod, torch, torchvision, python), ``train_args``, and for resuming: ``iteration``,
+``epoch``, ``batch_in_epoch``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``history``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torchvision
+
+from ..config import PIXEL_MEAN_BGR, AnchorConfig, ModelConfig
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def config_to_dict(cfg: ModelConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Dict[str, Any]) -> ModelConfig:
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    d = dict(d)
+    anchors = AnchorConfig(**{k: tup(v) for k, v in d.pop("anchors").items()})
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(anchors=anchors, **{k: tup(v) for k, v in d.items() if k in known})
+
+
+def versions() -> Dict[str, str]:
+    from .. import __version__
+    return {"dsod": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill or Ctrl-C at any
+    moment leaves either the previous file or the new one, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path | str, map_location: Optional[str | torch.device] = "cpu") -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CheckpointError(f"{path}: not a loadable dsod checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise CheckpointError(f"{path}: not a dsod checkpoint (no model/model_config entries)")
+    return ckpt
+
+
+def model_payload(model: torch.nn.Module, cfg: ModelConfig, names, category_ids, metrics=None) -> Dict[str, Any]:
+    """The self-describing part every checkpoint carries."""
+    return {"model": model.state_dict(), "model_config": config_to_dict(cfg), "names": list(names),
+            "category_ids": list(category_ids) if category_ids is not None else None,
+            "image_size": cfg.image_size, "pixel_mean": list(PIXEL_MEAN_BGR), "metrics": dict(metrics or {}),
+            "versions": versions()}
+
+
+def build_from_checkpoint(ckpt: Dict[str, Any]):
+    """Rebuild the model of a loaded checkpoint (eval mode); returns (model, ModelConfig)."""
+    from ..model import build_model
+
+    cfg = config_from_dict(ckpt["model_config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
