@@ -1,0 +1,138 @@
+"""Image files -> pixels, with every decoding problem turned into a one-line ``ImageError``.
+
+Decoding is PIL's. What we normalise, and why:
+- **EXIF orientation** is applied (``ImageOps.exif_transpose``): annotation tools and viewers show
+  the upright image, so boxes refer to it. Orientations 5-8 swap width and height, which is why
+  ``image_size`` reports the size *after* the transpose (readers store that size in the record).
+- **Any mode -> RGB** (grayscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit). The pipeline keeps
+  RGB through augmentation (hue and saturation need it) and reverses the channels to BGR only in the
+  final normalisation (spec §1.1: the network sees BGR 0-255 minus the mean).
+- **Decompression bombs**: images above ``MAX_PIXELS`` (100 MP) are refused before decoding. PIL's own
+  guard (a warning above ~89 MP, an error above ~179 MP) is caught and reported the same way.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# A 100-megapixel image is already 300 MB of RGB; nothing a 300/512 px detector needs. Larger headers
+# are much more likely to be corrupt or hostile (decompression bomb) than real training data.
+MAX_PIXELS = 100_000_000
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".mpo")
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIZE = (5, 6, 7, 8)  # EXIF orientations that transpose the image (90/270 degree rotations)
+
+PathLike = Union[str, Path]
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; ``str(e)`` is the reason (callers add the path)."""
+
+
+def is_image_file(path: PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError("image file not found") from None
+    except OSError as e:
+        raise ImageError(f"cannot read the file ({e.strerror or e})") from None
+    if path.is_dir():
+        raise ImageError("is a folder, not an image file")
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We apply our own (explicit) limit below; PIL's warning would otherwise spam the log.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large, refused as a possible decompression bomb (PIL: {e})") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image PIL can read (unknown format or corrupt header)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"corrupt image header ({e})") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        img.close()
+        raise ImageError(f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        img.close()
+        raise ImageError(f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit {max_pixels / 1e6:.0f} MP "
+                         "(decompression-bomb guard)")
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a broken EXIF block must not make the image unusable; treat as upright
+        return 1
+
+
+def image_size(path: PathLike, max_pixels: int = MAX_PIXELS) -> Tuple[int, int, int]:
+    """(width, height, exif_orientation) from the header only (no pixel decoding). Width and height
+    are those of the upright image, i.e. swapped for EXIF orientations 5-8."""
+    img = _open(Path(path), max_pixels)
+    try:
+        w, h = img.size
+        orientation = _orientation(img)
+    finally:
+        img.close()
+    if orientation in _SWAPS_SIZE:
+        w, h = h, w
+    return w, h, orientation
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit-depth grayscale: PIL's convert("RGB") would clip at 255, so scale to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when a palette image with transparency goes straight to RGB
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # alpha is dropped; CMYK/YCbCr/L/1/LA are converted by PIL
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+
+
+def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to an upright (EXIF-transposed) RGB uint8 array (H, W, 3).
+    Raises ``ImageError`` with a one-line reason for anything unusable (missing, empty, not an image,
+    truncated, too large)."""
+    src = _open(Path(path), max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            src.load()  # truncated/corrupt data surfaces here, not at open()
+            arr = _to_rgb_array(ImageOps.exif_transpose(src))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large, refused as a possible decompression bomb (PIL: {e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"truncated or corrupt image data ({msg})") from None
+    finally:
+        src.close()
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageError(f"unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def load_image_bgr(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Like ``load_image`` but in the network's channel order, BGR (spec §1.1)."""
+    return np.ascontiguousarray(load_image(path, max_pixels)[..., ::-1])
