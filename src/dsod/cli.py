@@ -1,11 +1,16 @@
 """`dsod` command line: Ultralytics-style ``key=value`` arguments; parses and wires, nothing more.
 
+    dsod train data=bccd.yaml model=dsod-tiny epochs=30 batch=16 device=cpu project=runs name=exp
+    dsod val data=bccd.yaml model=runs/exp/weights/best.pt      (or detections=dets.json)
+    dsod predict model=runs/exp/weights/best.pt source=img.jpg|folder|"glob/*.jpg" conf=0.25
     dsod info model=dsod300 num_classes=21
+    dsod data check data=bccd.yaml
     dsod demo
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -86,26 +91,300 @@ def cmd_info(args: Dict[str, object]) -> int:
     return 0
 
 
-def cmd_demo(args: Dict[str, object]) -> int:
-    from .model import build_model
-    from .model.summary import summarize
+def _float_range(lo: float, hi: float):
+    def parse(v: str) -> float:
+        x = float(v)
+        if not lo <= x <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}")
+        return x
+    return parse
 
-    print("dsod demo: building DSOD300 (VOC, 21 classes) from random initialisation\n")
-    print(summarize(build_model("dsod300")).format())
+
+def _nonneg_float(v: str) -> float:
+    x = float(v)
+    if x < 0:
+        raise ValueError("must be >= 0")
+    return x
+
+
+def _floats(v: str) -> tuple:
+    return tuple(float(x) for x in v.strip("[]()").split(",") if x.strip())
+
+
+def _optional(kind):
+    def parse(v: str):
+        return None if v.lower() in ("none", "null", "") else kind(v)
+    return parse
+
+
+def _train_options() -> Dict[str, Option]:
+    import dataclasses
+
+    from .engine.trainer import TrainArgs
+
+    helps = {
+        "data": "dataset YAML, VOC root, COCO JSON or YOLO data.yaml (none: the synthetic demo set)",
+        "model": "preset name or a .pt checkpoint", "weights": "initial weights (.pt), fresh schedule",
+        "resume": "runs/NAME/weights/last.pt to continue exactly", "epochs": "epochs (if iterations unset)",
+        "iterations": "optimizer steps (overrides epochs)", "batch": "images per process per forward pass",
+        "accumulate": "forward passes per optimizer step", "imgsz": "input size (default: the preset's)",
+        "lr": "learning rate (default 0.1 x effective batch / 128)", "schedule": "multistep or cosine",
+        "milestones": "multistep LR drops as fractions of the run", "warmup": "warm-up iterations",
+        "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA", "bf16": "bfloat16 autocast",
+        "grad_clip": "max gradient norm (0 = off)", "device": "auto, cpu, cuda or cuda:N",
+        "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
+        "max_images": "use only the first N images of each split",
+    }
+    types = {
+        "data": _optional(str), "model": str, "weights": _optional(str), "resume": _optional(str),
+        "epochs": _positive_int, "iterations": _optional(_positive_int), "batch": _positive_int,
+        "accumulate": _positive_int, "imgsz": _optional(_positive_int), "lr": _optional(_nonneg_float),
+        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool,
+        "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _bool, "grad_clip": _nonneg_float,
+        "max_bad_steps": _positive_int, "workers": int, "seed": int, "exist_ok": _bool,
+        "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,
+        "plots": _bool, "progress": _bool, "max_images": _optional(_positive_int), "stop_at": _optional(_positive_int),
+    }
+    choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"]}
+    opts = {}
+    for f in dataclasses.fields(TrainArgs):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        opts[f.name] = Option(default, helps.get(f.name, ""), types.get(f.name, str), choices.get(f.name))
+    return opts
+
+
+def cmd_train(args: Dict[str, object]) -> int:
+    from .data import DatasetError
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import Trainer, TrainArgs, TrainingError
+
+    try:
+        trainer = Trainer(TrainArgs(**args))
+        result = trainer.train()
+    except (TrainingError, CheckpointError, DatasetError) as e:
+        raise CLIError(str(e)) from None
+    if trainer.main:
+        m = result["metrics"]
+        if m:
+            print(f"mAP@0.5 VOC07 11-point {m.get('voc07_map50', float('nan')):.4f}, area "
+                  f"{m.get('voc_area_map50', float('nan')):.4f}, COCO AP {m.get('coco', {}).get('AP', float('nan')):.4f}")
+        print(f"results in {result['run_dir']} ({result['iterations']} iterations, {result['seconds']:.0f} s)")
+    return 0
+
+
+def _val_options() -> Dict[str, Option]:
+    return {
+        "data": Option(None, "dataset (YAML, VOC root, COCO JSON, YOLO data.yaml)", _optional(str)),
+        "model": Option(None, "checkpoint .pt to evaluate", _optional(str)),
+        "detections": Option(None, "COCO-results JSON to score instead of a model", _optional(str)),
+        "split": Option("val", "split to evaluate"),
+        "batch": Option(16, "images per batch", _positive_int),
+        "device": Option("auto", "auto, cpu, cuda or cuda:N"),
+        "workers": Option(2, "data loader workers", int),
+        "conf": Option(0.01, "score threshold (0.01 as in the original evaluation)", _float_range(0, 1)),
+        "iou": Option(0.45, "NMS IoU threshold", _float_range(0, 1)),
+        "json": Option(None, "write all metrics to this JSON file", _optional(str)),
+        "plots": Option(True, "write PR curves and a confusion matrix", _bool),
+        "project": Option("runs", "results folder"), "name": Option("val", "run name"),
+        "exist_ok": Option(False, "reuse an existing run folder", _bool),
+    }
+
+
+def cmd_val(args: Dict[str, object]) -> int:
+    from .data import DatasetError, load_dataset
+    from .engine.checkpoint import CheckpointError
+    from .metrics import Evaluator
+
+    if not args["data"]:
+        raise CLIError("data= is required (the dataset to evaluate on)")
+    if bool(args["model"]) == bool(args["detections"]):
+        raise CLIError("give exactly one of model=best.pt or detections=dets.json")
+    try:
+        spec = load_dataset(str(args["data"]))
+        if args["split"] not in spec.splits:
+            raise CLIError(f"split={args['split']} is not in {args['data']}; valid: {', '.join(spec.splits)}")
+        records = spec.records(str(args["split"]))
+        run_dir = _run_dir(args)
+        if args["detections"]:
+            from .metrics import score_detections_file
+            evaluator = score_detections_file(spec.info, records, str(args["detections"]))
+            results = evaluator.compute()
+        else:
+            results, evaluator = _evaluate_checkpoint(args, spec.info, records)
+    except (CheckpointError, DatasetError, ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    print(evaluator.format_table())
+    if args["plots"]:
+        evaluator.plot(run_dir)
+    out_json = Path(str(args["json"])) if args["json"] else run_dir / "metrics.json"
+    evaluator.write_json(out_json)
+    print(f"metrics written to {out_json}; plots in {run_dir}")
+    return 0
+
+
+def _run_dir(args: Dict[str, object]) -> Path:
+    from .engine.trainer import next_run_dir
+
+    d = next_run_dir(str(args["project"]), str(args["name"]), bool(args["exist_ok"]))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _evaluate_checkpoint(args, info, records):
+    from torch.utils.data import DataLoader
+
+    from .data import DetectionDataset, collate, eval_transform
+    from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+    from .engine.evaluate import run_evaluation
+    from .engine.trainer import select_device
+    from .metrics import Evaluator
+    from .postprocess import PostProcessor
+
+    ckpt = load_checkpoint(str(args["model"]))
+    if list(ckpt["names"]) != list(info.names):
+        raise CLIError(f"model={args['model']} was trained on classes {ckpt['names']} but {args['data']} has "
+                       f"{info.names}")
+    model, cfg = build_from_checkpoint(ckpt)
+    device = select_device(str(args["device"]))
+    model.to(device)
+    loader = DataLoader(DetectionDataset(records, eval_transform(cfg.image_size), train=False),
+                        batch_size=int(args["batch"]), num_workers=int(args["workers"]), collate_fn=collate)
+    evaluator = Evaluator(info, records)
+    pp = PostProcessor(score_thresh=float(args["conf"]), nms_thresh=float(args["iou"]),
+                       variances=cfg.anchors.variances)
+    return run_evaluation(model, loader, evaluator, device, pp), evaluator
+
+
+def _predict_options() -> Dict[str, Option]:
+    return {
+        "model": Option(None, "checkpoint .pt (or .onnx with backend=onnxruntime)", _optional(str)),
+        "source": Option(None, "image file, folder or glob pattern", _optional(str)),
+        "conf": Option(0.25, "minimum score to keep", _float_range(0, 1)),
+        "iou": Option(0.45, "NMS IoU threshold", _float_range(0, 1)),
+        "max_det": Option(200, "detections per image", _positive_int),
+        "batch": Option(8, "images per forward pass", _positive_int),
+        "device": Option("auto", "auto, cpu, cuda or cuda:N"),
+        "backend": Option("torch", "inference backend", choices=["torch", "onnxruntime"]),
+        "save": Option(True, "write annotated images", _bool),
+        "project": Option("runs", "results folder"), "name": Option("predict", "run name"),
+        "exist_ok": Option(False, "reuse an existing run folder", _bool),
+    }
+
+
+def cmd_predict(args: Dict[str, object]) -> int:
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import select_device
+    from .predict import Detector, PredictError, draw_detections, read_rgb
+
+    if not args["model"] or not args["source"]:
+        raise CLIError("model= and source= are required")
+    try:
+        if args["backend"] == "onnxruntime":
+            from .onnx_backend import OnnxDetector
+            det = OnnxDetector.load(str(args["model"]), conf=float(args["conf"]), iou=float(args["iou"]),
+                                    max_det=int(args["max_det"]))
+        else:
+            det = Detector.load(str(args["model"]), device=str(select_device(str(args["device"]))),
+                                conf=float(args["conf"]), iou=float(args["iou"]), max_det=int(args["max_det"]))
+        results = det.predict(str(args["source"]), batch=int(args["batch"]))
+    except (CheckpointError, PredictError) as e:
+        raise CLIError(str(e)) from None
+    run_dir = _run_dir(args)
+    total = 0
+    for r in results:
+        total += len(r["scores"])
+        if args["save"] and r["path"]:
+            draw_detections(read_rgb(Path(r["path"])), r, run_dir / (Path(r["path"]).stem + ".jpg"))
+    from .metrics import write_detections_json
+    write_detections_json(run_dir / "predictions.json", det.names, det.category_ids, results)
+    print(f"{len(results)} image(s), {total} detection(s) >= {args['conf']}; annotated images and "
+          f"predictions.json (COCO results format, original pixels) in {run_dir}")
+    return 0
+
+
+def cmd_data(args: Dict[str, object]) -> int:
+    from .data import DatasetError
+    from .data.check import check, format_report
+
+    if args["action"] != "check":
+        raise CLIError(f"unknown data action '{args['action']}'; valid: check")
+    if not args["data"]:
+        raise CLIError("data= is required")
+    run_dir = _run_dir(args)
+    try:
+        result = check(str(args["data"]), model=str(args["model"]), out_dir=run_dir, samples=int(args["samples"]),
+                       strict=bool(args["strict"]))
+    except DatasetError as e:
+        raise CLIError(str(e)) from None
+    print(format_report(result))
+    print(f"plots in {run_dir}")
+    return 0
+
+
+def cmd_demo(args: Dict[str, object]) -> int:
+    """Train the small preset on the embedded synthetic set, evaluate, predict, say where it all is."""
+    import time
+
+    from .engine.trainer import Trainer, TrainArgs
+    from .predict import Detector, draw_detections, read_rgb
+
+    t0 = time.time()
+    print("dsod demo: training dsod-nano from scratch on the embedded SYNTHETIC shapes set "
+          "(procedurally generated, not real data), then evaluating and predicting.\n")
+    trainer = Trainer(TrainArgs(data=None, model="dsod-nano", iterations=int(args["iterations"]), batch=16,
+                                lr=0.05, schedule="cosine", warmup=50, workers=2, project=str(args["project"]),
+                                name="demo", device="cpu", seed=0))
+    result = trainer.train()
+    best = Path(result["run_dir"]) / "weights" / "best.pt"
+    det = Detector.load(best, conf=0.3)
+    val_dir = Path(trainer.dataset_spec.info.root or ".") / "JPEGImages"
+    images = sorted(val_dir.glob("val_*.jpg"))[:4]
+    pred_dir = Path(result["run_dir"]) / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for r in det.predict(images):
+        draw_detections(read_rgb(Path(r["path"])), r, pred_dir / Path(r["path"]).name)
+    m = result["metrics"]
+    print(f"\ndemo finished in {time.time() - t0:.0f} s: mAP@0.5 (VOC07 11-point) {m.get('voc07_map50', 0):.3f}, "
+          f"COCO AP {m.get('coco', {}).get('AP', 0):.3f} on the synthetic val split")
+    print(f"results:      {result['run_dir']}  (results.csv, results.png, train_batch0.jpg, val_predictions.jpg)")
+    print(f"weights:      {best}")
+    print(f"predictions:  {pred_dir}")
     return 0
 
 
 def _commands() -> Dict[str, Command]:
     model_opt = Option("dsod300", "model preset", choices=_model_names())
-    return {
+    commands = {
+        "train": Command("train a detector from scratch", cmd_train, _train_options()),
+        "val": Command("evaluate a checkpoint or a detections file (VOC07, VOC area, COCO)", cmd_val,
+                       _val_options()),
+        "predict": Command("detect objects in images", cmd_predict, _predict_options()),
         "info": Command(
             "print a model's trainable parameters, multiply-accumulates, sources and default boxes",
             cmd_info,
             {"model": model_opt,
              "num_classes": Option(None, "classes including background (21 VOC, 81 COCO)", _positive_int),
              "imgsz": Option(None, "input size (square)", _positive_int)}),
-        "demo": Command("the README's main job on an embedded default", cmd_demo, {}),
+        "data": Command("dataset tools: `dsod data check data=...`", cmd_data, {
+            "action": Option("check", "what to do", choices=["check"]),
+            "data": Option(None, "dataset (YAML, VOC root, COCO JSON, YOLO data.yaml)", _optional(str)),
+            "model": Option("dsod300", "model whose default boxes to check coverage against", choices=_model_names()),
+            "samples": Option(0, "also draw a grid of this many augmented training samples", int),
+            "strict": Option(False, "fail on the first problem instead of skipping it", _bool),
+            "project": Option("runs", "results folder"), "name": Option("data", "run name"),
+            "exist_ok": Option(False, "reuse an existing run folder", _bool)}),
+        "demo": Command("the README's main job: train on the embedded synthetic set, evaluate, predict", cmd_demo,
+                        {"iterations": Option(600, "training iterations", _positive_int),
+                         "project": Option("runs", "results folder")}),
     }
+    try:
+        from .bench import bench_main
+        from .export import export_main
+        commands["export"] = Command("export a checkpoint (ONNX)", lambda a: export_main(a), {})
+        commands["bench"] = Command("benchmark against torchvision peers", lambda a: bench_main(a), {})
+    except ImportError:
+        pass
+    return commands
 
 
 def _usage(commands: Dict[str, Command]) -> str:
@@ -118,7 +397,7 @@ def _command_help(name: str, cmd: Command) -> str:
     lines = [f"usage: dsod {name} [key=value ...]", "", cmd.help, "", "keys:"]
     for k, o in cmd.options.items():
         choices = f" (one of: {', '.join(o.choices)})" if o.choices else ""
-        lines.append(f"  {k}={o.default!s:<12} {o.help}{choices}")
+        lines.append(f"  {k + '=' + str(o.default):<26} {o.help}{choices}")
     return "\n".join(lines)
 
 
@@ -129,6 +408,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_usage(commands))
         return 0
     name, rest = argv[0], argv[1:]
+    if name == "data" and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest = [f"action={rest[0]}"] + rest[1:]
     if name not in commands:
         print(f"dsod: unknown command '{name}'; valid: {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -1,19 +1,17 @@
 """Deterministic, resumable, distributed batch sampling.
 
 Every sample of every epoch gets a seed that depends only on (seed, epoch, position in the epoch);
-``SeededDataset`` seeds the augmentation RNGs with it. Data order and augmentation are therefore a
+``DetectionDataset`` seeds the augmentation with it when given an ``(index, seed)`` key. Data order and augmentation are therefore a
 pure function of the global position: the same with 0 or 8 workers, across a resume in the middle of
 an epoch, and between 1 process with batch 2b and 2 processes with batch b (rank r takes the r-th
 contiguous chunk of each global batch).
 """
 from __future__ import annotations
 
-import random
 from typing import Iterator, List, Tuple
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 
 def _mix(*values: int) -> int:
@@ -72,29 +70,3 @@ class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
-
-
-class SeededDataset(Dataset):
-    """Wraps a dataset so that ``ds[(index, seed)]`` draws its augmentation from ``seed`` (Python,
-    NumPy and torch RNGs, restored afterwards so the caller's streams are untouched)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            return self.dataset[key]
-        index, seed = key
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)

@@ -31,7 +31,7 @@ from .checkpoint import (build_from_checkpoint, config_from_dict, load_checkpoin
                          save_checkpoint, set_rng_state)
 from .evaluate import autocast_context, run_evaluation
 from .optim import build_optimizer, lr_lambda
-from .sampler import ResumableBatchSampler, SeededDataset
+from .sampler import ResumableBatchSampler
 
 
 class TrainingError(Exception):
@@ -75,7 +75,10 @@ class TrainArgs:
     plots: bool = True
     progress: bool = True
     cache_dir: str = "~/.cache/dsod"  # where the synthetic demo set is written
-    max_images: Optional[int] = None  # use only the first N training images (quick experiments)
+    max_images: Optional[int] = None  # use only the first N images of each split (quick experiments)
+    # Stop (saving last.pt) once this iteration is reached, without changing the schedule: lets a
+    # long run be split across time-boxed sessions and resumed with resume=.../last.pt.
+    stop_at: Optional[int] = None
 
 
 def select_device(spec: str) -> torch.device:
@@ -128,7 +131,7 @@ class Trainer:
         if self.resume_ckpt is not None:
             saved = self.resume_ckpt.get("train_args") or {}
             # resume continues the saved run: its arguments win except where to look for files
-            keep = {"resume", "device", "workers", "progress"}
+            keep = {"resume", "device", "workers", "progress", "stop_at"}
             for k, v in saved.items():
                 if k not in keep and hasattr(a, k):
                     setattr(a, k, tuple(v) if isinstance(v, list) else v)
@@ -146,6 +149,8 @@ class Trainer:
         if not train_records:
             raise TrainingError(f"data={data}: the train split has no usable images")
         self.val_records = self.dataset_spec.records("val") if "val" in self.dataset_spec.splits else []
+        if a.max_images:
+            self.val_records = self.val_records[: a.max_images]
 
         # model
         cfg, init_state = self._model_config()
@@ -163,7 +168,8 @@ class Trainer:
 
         # data
         size = cfg.image_size
-        self.train_set = SeededDataset(DetectionDataset(train_records, train_transform(size), train=True))
+        # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
+        self.train_set = DetectionDataset(train_records, train_transform(size), train=True)
         self.sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True, seed=a.seed,
                                              rank=self.rank, world=self.world, drop_last=True)
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=a.workers,
@@ -323,7 +329,8 @@ class Trainer:
         window: List[float] = []
         metrics: Dict[str, Any] = {}
         try:
-            while self.iteration < self.total_iters:
+            stop = min(self.total_iters, a.stop_at or self.total_iters)
+            while self.iteration < stop:
                 t0 = time.time()
                 parts = self._step(net, stream)
                 self.iteration += 1
@@ -338,7 +345,7 @@ class Trainer:
                 last = self.iteration == self.total_iters
                 if self.iteration % self.val_interval == 0 or last:
                     metrics = self._evaluate_and_log(time.time() - t_start)
-                elif self.iteration % self.save_interval == 0:
+                elif self.iteration % self.save_interval == 0 or self.iteration == stop:
                     self.save_last()
         except (KeyboardInterrupt, _Interrupted):
             bar.close()
