@@ -64,13 +64,16 @@ class DSODBackbone(nn.Module):
         compression: theta; transition i outputs floor(theta * C_in) channels...
         final_channels: ...except the last one, which outputs this many when given (256 in DSOD300:
             the "learned half" of scale 2, spec §1.2 row 13).
+        memory_efficient: dense blocks recompute their concat/BN/ReLU in backward instead of storing
+            them (see ``DenseBlock``); same parameters and outputs, less training memory.
     Attributes:
         first_channels / out_channels: channels of the two taps.
     """
 
     def __init__(self, *, stem: bool, stem_channels: int, growth_rate: int, bottleneck_width: int,
                  block_config: Sequence[int], transition_pooling: Sequence[bool], compression: float,
-                 final_channels: int | None, depthwise: bool, norm: str, decay: float):
+                 final_channels: int | None, depthwise: bool, norm: str, decay: float,
+                 memory_efficient: bool = False):
         super().__init__()
         if len(block_config) < 3 or len(transition_pooling) != len(block_config):
             raise ValueError("block_config needs >= 3 blocks and one transition_pooling flag per block")
@@ -82,7 +85,7 @@ class DSODBackbone(nn.Module):
         self.transitions = nn.ModuleList()
         for i, (num_layers, pool) in enumerate(zip(block_config, transition_pooling)):
             block = DenseBlock(num_layers, channels, bottleneck_width, growth_rate,
-                               depthwise=depthwise, norm=norm, decay=decay)
+                               depthwise=depthwise, norm=norm, decay=decay, memory_efficient=memory_efficient)
             last = i == len(block_config) - 1
             cout = final_channels if (last and final_channels) else int(compression * block.out_channels)
             self.blocks.append(block)

@@ -23,7 +23,8 @@ def _build_features(cfg: ModelConfig) -> Tuple[DSODBackbone, nn.Module]:
         stem=cfg.stem, stem_channels=cfg.stem_channels, growth_rate=cfg.growth_rate,
         bottleneck_width=cfg.bottleneck_width, block_config=cfg.block_config,
         transition_pooling=cfg.transition_pooling, compression=cfg.compression,
-        final_channels=cfg.prediction_widths[0] if cfg.prediction == "dense" else None, **common)
+        final_channels=cfg.prediction_widths[0] if cfg.prediction == "dense" else None,
+        memory_efficient=cfg.memory_efficient, **common)
     neck_cls = DensePrediction if cfg.prediction == "dense" else PlainPrediction
     neck = neck_cls(backbone.first_channels, backbone.out_channels, cfg.prediction_widths, **common)
     return backbone, neck

@@ -6,12 +6,33 @@ All convolutions are bias-free (spec §1.1).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import threading
 from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+_recompute_state = threading.local()
+
+
+def in_recomputation() -> bool:
+    """True while ``torch.utils.checkpoint`` re-runs a memory-efficient dense layer in backward."""
+    return getattr(_recompute_state, "active", False)
+
+
+@contextlib.contextmanager
+def _recomputation():
+    prev = in_recomputation()
+    _recompute_state.active = True
+    try:
+        yield
+    finally:
+        _recompute_state.active = prev
 
 
 class CaffeBatchNorm2d(nn.BatchNorm2d):
@@ -30,6 +51,12 @@ class CaffeBatchNorm2d(nn.BatchNorm2d):
         self._steps: int | None = None  # python mirror of num_batches_tracked (no device sync)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and in_recomputation():
+            # Checkpoint recomputation (memory-efficient dense blocks): the same op on the same batch
+            # statistics, so the same output, but momentum 0 (running = 1 * running + 0 * batch, an
+            # exact no-op) and no second step count: the statistics are recorded once per forward.
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0,
+                                self.eps)
         if self.training and self.track_running_stats:
             if self._steps is None:
                 self._steps = int(self.num_batches_tracked)
@@ -95,20 +122,65 @@ class DenseLayer(nn.Module):
         return self.layers(x)
 
 
+def _save_conv_outputs(ctx, op, *args, **kwargs):
+    """Selective-checkpoint policy: keep convolution outputs, recompute everything else (concat, BN,
+    ReLU: memory-bound and cheap). No convolution runs twice."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if op is torch.ops.aten.convolution.default:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _checkpoint_contexts():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    forward_ctx, recompute_ctx = create_selective_checkpoint_contexts(_save_conv_outputs)
+
+    @contextlib.contextmanager
+    def recompute():
+        with recompute_ctx, _recomputation():
+            yield
+
+    return forward_ctx, recompute()
+
+
+def _concat_then(layer: nn.Module, *features: torch.Tensor) -> torch.Tensor:
+    return layer(torch.cat(features, dim=1))
+
+
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; each sees the concat of the block input and all earlier new
-    features, in the original order [input, new_1, new_2, ...] (spec §1.2)."""
+    features, in the original order [input, new_1, new_2, ...] (spec §1.2).
+
+    ``memory_efficient``: while gradients are being recorded, each layer runs under
+    ``torch.utils.checkpoint`` with a selective policy that saves only its convolution outputs: the
+    concat and the BN-ReLU outputs (the large, c_in-channel tensors) are recomputed in backward
+    instead of being stored for every layer (the idea of torchvision's/timm's memory-efficient
+    DenseNet, without recomputing any convolution). Same parameters, same outputs; BN running
+    statistics are updated once per forward (the recomputation skips them).
+    """
 
     def __init__(self, num_layers: int, cin: int, bottleneck: int, growth: int, *, depthwise: bool,
-                 norm: str, decay: float):
+                 norm: str, decay: float, memory_efficient: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(
             DenseLayer(cin + i * growth, bottleneck, growth, depthwise=depthwise, norm=norm, decay=decay)
             for i in range(num_layers)
         )
         self.out_channels = cin + num_layers * growth
+        self.memory_efficient = memory_efficient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled() and self.training:
+            from torch.utils.checkpoint import checkpoint
+
+            features = [x]
+            for layer in self.layers:
+                features.append(checkpoint(functools.partial(_concat_then, layer), *features,
+                                           use_reentrant=False, context_fn=_checkpoint_contexts,
+                                           preserve_rng_state=False))
+            return torch.cat(features, dim=1)
         for layer in self.layers:
             x = torch.cat([x, layer(x)], dim=1)
         return x
@@ -157,14 +229,15 @@ class SyncCaffeBatchNorm2d(CaffeBatchNorm2d):
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
-        with torch.no_grad():
-            if self._steps is None:
-                self._steps = int(self.num_batches_tracked)
-            self._steps += 1
-            self.num_batches_tracked.add_(1)
-            m = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
-            self.running_mean.lerp_(mean.detach(), m)
-            self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).detach(), m)
+        if not in_recomputation():  # a checkpoint re-run must not record the statistics twice
+            with torch.no_grad():
+                if self._steps is None:
+                    self._steps = int(self.num_batches_tracked)
+                self._steps += 1
+                self.num_batches_tracked.add_(1)
+                m = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).detach(), m)
         y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
         return (y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
 

@@ -1,0 +1,138 @@
+"""`dsod export`: ONNX parity with eager on real images (dynamic batch, decoded boxes, NMS), the ONNX
+Runtime backend, and that the int8 model runs and detects. No timings here (see `dsod bench`)."""
+import numpy as np
+import pytest
+import torch
+
+from dsod import build_model
+from dsod.engine.checkpoint import model_payload, save_checkpoint
+from dsod.export import DecodedDetector, export_main, load_batch
+from dsod.onnx_backend import OnnxDetector, list_images, read_rgb
+from dsod.postprocess import PostProcessor
+
+NAMES = ["WBC", "RBC", "Platelets"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # robust on a shared 2-core machine; equality checks only
+    yield
+    torch.set_num_threads(prev)
+
+
+def _model(confident: bool = False):
+    torch.manual_seed(0)
+    model = build_model("dsod-nano", num_classes=len(NAMES) + 1)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+    if confident:
+        # Make the network "detect" something that depends on the image: head weights large enough
+        # that scores and box offsets vary with the input, and class 1 (RBC) favoured over background.
+        for head in (model.head.conf, model.head.loc):
+            for seq in head:
+                seq[0].weight.data.mul_(20)
+        for conf in model.head.conf:
+            bn = conf[-1]
+            bias = torch.zeros(bn.num_features // model.config.num_classes, model.config.num_classes)
+            bias[:, 0], bias[:, 2] = 1.0, 2.0
+            bn.bias.data.copy_(bias.flatten())
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bccd_images(shared_data):
+    return shared_data / "bccd" / "JPEGImages"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shared_data):
+    tmp = tmp_path_factory.mktemp("export")
+    model = _model(confident=True)
+    ckpt = tmp / "best.pt"
+    save_checkpoint(ckpt, model_payload(model, model.config, NAMES, None))
+    images = shared_data / "bccd" / "JPEGImages"
+    assert export_main({"model": str(ckpt), "format": "onnx", "data": str(images), "verify_n": "4",
+                        "int8": "True", "calib_n": "8"}) == 0
+    assert export_main({"model": str(ckpt), "nms": "True", "out": str(tmp / "best-nms.onnx"),
+                        "data": str(images), "verify_n": "2"}) == 0
+    return model, tmp
+
+
+def test_onnx_matches_eager_on_real_images_with_dynamic_batch(exported, bccd_images):
+    model, tmp = exported
+    det = OnnxDetector(tmp / "best.onnx")
+    assert det.image_size == 160 and det.names == NAMES and not det.has_nms
+    ref = DecodedDetector(model).eval()
+    for n in (1, 3):  # dynamic batch
+        batch, _ = load_batch(str(bccd_images), n, 160)
+        boxes, scores = det.predict(batch)
+        with torch.no_grad():
+            rb, rs = ref(torch.from_numpy(batch))
+        assert boxes.shape == (n, model.anchors_cxcywh.shape[0], 4) and scores.shape[-1] == len(NAMES)
+        np.testing.assert_allclose(boxes, rb.numpy(), atol=1e-5)
+        np.testing.assert_allclose(scores, rs.numpy(), atol=1e-5)
+
+
+def test_onnx_backend_detections_match_eager_pipeline(exported, bccd_images):
+    model, tmp = exported
+    rgb = [read_rgb(p) for p in list_images(bccd_images, limit=2)]
+    det = OnnxDetector(tmp / "best.onnx", conf=0.3)
+    got = det.detect(rgb)
+    post = PostProcessor(score_thresh=0.3)
+    from dsod.onnx_backend import preprocess_rgb
+
+    x = torch.from_numpy(np.stack([preprocess_rgb(im, 160) for im in rgb]))
+    with torch.no_grad():
+        want = post(*model(x), model.anchors_cxcywh, image_sizes=[im.shape[:2] for im in rgb])
+    for g, w in zip(got, want):
+        assert len(g["boxes"]) == len(w["boxes"]) > 0
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-2, rtol=1e-4)
+        assert set(g["names"]) <= set(NAMES)
+
+
+def test_onnx_nms_output(exported, bccd_images):
+    model, tmp = exported
+    det = OnnxDetector(tmp / "best-nms.onnx")
+    assert det.has_nms
+    batch, _ = load_batch(str(bccd_images), 2, 160)
+    out = det.run(batch)
+    sel = out["selected"]
+    assert sel.ndim == 2 and sel.shape[1] == 3 and len(sel) > 0
+    assert set(sel[:, 0].tolist()) <= {0, 1} and sel[:, 1].max() < len(NAMES)
+    ref = DecodedDetector(model, nms=True).eval()
+    with torch.no_grad():
+        want = ref(torch.from_numpy(batch))[2]
+    a, b = {tuple(r) for r in sel.tolist()}, {tuple(r) for r in want.tolist()}
+    assert len(a & b) / len(a | b) > 0.99
+
+
+def test_int8_model_runs_and_detects(exported, bccd_images):
+    model, tmp = exported
+    q = OnnxDetector(tmp / "best-int8.onnx", conf=0.3)
+    f = OnnxDetector(tmp / "best.onnx", conf=0.3)
+    assert "int8" in str(q.metadata.get("quantization", ""))
+    batch, _ = load_batch(str(bccd_images), 4, 160)
+    (qb, qs), (fb, fs) = q.predict(batch), f.predict(batch)
+    # the quantised network computes nearly the same scores and boxes as fp32 ...
+    assert np.corrcoef(qs.ravel(), fs.ravel())[0, 1] > 0.99
+    assert np.abs(qs - fs).mean() < 0.01 and np.abs(qb - fb).mean() < 0.005
+    # ... and the full pipeline detects: confident, finite boxes with valid class names
+    rgb = [read_rgb(p) for p in list_images(bccd_images, limit=2)]
+    for g in q.detect(rgb):
+        assert len(g["boxes"]) > 0 and torch.isfinite(g["boxes"]).all() and g["scores"].min() >= 0.3
+        assert set(g["names"]) <= set(NAMES)
+
+
+def test_export_errors_are_one_line(tmp_path):
+    from dsod.export import ExportError
+
+    with pytest.raises(ExportError, match="not a checkpoint"):
+        export_main({"model": str(tmp_path / "nope")})
+    with pytest.raises(ExportError, match="only onnx"):
+        export_main({"model": "dsod-nano", "format": "tflite"})
+    with pytest.raises(ExportError, match="unknown key"):
+        export_main({"model": "dsod-nano", "colour": "red"})
