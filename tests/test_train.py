@@ -70,7 +70,7 @@ def test_weights_with_other_class_count_reinitialise_heads(bccd_same_split, tmp_
     t = Trainer(_args(bccd_same_split, tmp_path, "ft", weights=str(tmp_path / "other.pt"), iterations=1))
     stem = "backbone.stem.convs.0.0.weight"
     assert torch.equal(t.model.state_dict()[stem], other.state_dict()[stem])
-    assert t.model.head.conf[0][0].weight.shape[0] != other.head.conf[0][0].weight.shape[0]
+    assert t.model.head.conf[0][-2].weight.shape[0] == 4 * 4 != other.head.conf[0][-2].weight.shape[0]
 
 
 def test_interrupt_leaves_a_loadable_checkpoint(bccd_same_split, tmp_path):
@@ -106,9 +106,11 @@ def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_p
     a = load_checkpoint(tmp_path / "single" / "weights" / "last.pt")
     b = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
     assert b["train_args"]["batch"] == 2
-    worst = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"]
-                if a["model"][k].is_floating_point())
-    assert worst < 1e-4
+    # float tolerance: SyncBN sums E[x], E[x^2] across processes, native BN reduces in another order;
+    # the stem's running variances reach ~1e4
+    differ = [k for k in a["model"] if a["model"][k].is_floating_point()
+              and not torch.allclose(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-5)]
+    assert differ == []
     # and the weights did move: the comparison is not between two untouched initialisations
     from dsod.model import build_model
     torch.manual_seed(0)
@@ -117,11 +119,13 @@ def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_p
 
 
 def test_small_preset_fits_the_bccd_images_it_trained_on(bccd_same_split, tmp_path):
-    run = Trainer(_args(bccd_same_split, tmp_path, "fit", model="dsod-nano", batch=4, iterations=300,
-                        lr=0.05, schedule="cosine", warmup=20, val=True, val_interval=300, plots=True,
-                        no_decay_norm=True)).train()
+    # 4 images, no augmentation, AdamW: the loop (data -> model -> loss -> post-processing -> metrics)
+    # must memorise them; any broken link (box coding, label offsets, resize mapping) shows here.
+    run = Trainer(_args(bccd_same_split, tmp_path, "fit", model="dsod-nano", batch=4, iterations=250,
+                        optimizer="adamw", lr=1e-2, weight_decay=0.0, augment=False, schedule="cosine", warmup=10,
+                        val=True, val_interval=250, plots=True, max_images=4)).train()
     m = run["metrics"]
-    assert m["voc07_map50"] > 0.6, m["voc07_map50"]
+    assert m["voc07_map50"] > 0.8, m["voc07_map50"]
     rd = Path(run["run_dir"])
     for f in ("results.csv", "results.png", "train_batch0.jpg", "val_predictions.jpg", "weights/best.pt"):
         assert (rd / f).exists(), f

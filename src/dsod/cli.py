@@ -132,6 +132,7 @@ def _train_options() -> Dict[str, Option]:
         "milestones": "multistep LR drops as fractions of the run", "warmup": "warm-up iterations",
         "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA", "bf16": "bfloat16 autocast",
         "grad_clip": "max gradient norm (0 = off)", "device": "auto, cpu, cuda or cuda:N",
+        "augment": "SSD augmentation (false: resize only)", "optimizer": "sgd (the paper's) or adamw",
         "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
         "max_images": "use only the first N images of each split",
     }
@@ -139,13 +140,13 @@ def _train_options() -> Dict[str, Option]:
         "data": _optional(str), "model": str, "weights": _optional(str), "resume": _optional(str),
         "epochs": _positive_int, "iterations": _optional(_positive_int), "batch": _positive_int,
         "accumulate": _positive_int, "imgsz": _optional(_positive_int), "lr": _optional(_nonneg_float),
-        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool,
+        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool, "augment": _bool,
         "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _bool, "grad_clip": _nonneg_float,
         "max_bad_steps": _positive_int, "workers": int, "seed": int, "exist_ok": _bool,
         "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,
         "plots": _bool, "progress": _bool, "max_images": _optional(_positive_int), "stop_at": _optional(_positive_int),
     }
-    choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"]}
+    choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"], "optimizer": ["sgd", "adamw"]}
     opts = {}
     for f in dataclasses.fields(TrainArgs):
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -295,8 +296,10 @@ def cmd_predict(args: Dict[str, object]) -> int:
         total += len(r["scores"])
         if args["save"] and r["path"]:
             draw_detections(read_rgb(Path(r["path"])), r, run_dir / (Path(r["path"]).stem + ".jpg"))
+    from .data import DatasetInfo
     from .metrics import write_detections_json
-    write_detections_json(run_dir / "predictions.json", det.names, det.category_ids, results)
+    info = DatasetInfo(names=det.names, format="coco" if det.category_ids else "voc", category_ids=det.category_ids)
+    write_detections_json(run_dir / "predictions.json", info, [r["image_id"] for r in results], results)
     print(f"{len(results)} image(s), {total} detection(s) >= {args['conf']}; annotated images and "
           f"predictions.json (COCO results format, original pixels) in {run_dir}")
     return 0

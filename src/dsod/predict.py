@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import PIXEL_MEAN_BGR
+from .data.images import ImageError, is_image_file, load_image
 from .postprocess import PostProcessor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 Source = Union[str, Path, np.ndarray, Image.Image]
 
 
@@ -33,14 +33,14 @@ def resolve_source(source: Union[str, Path]) -> List[Path]:
     s = str(source)
     p = Path(s).expanduser()
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in p.iterdir() if is_image_file(f))
         if not files:
-            raise PredictError(f"source={s}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise PredictError(f"source={s}: no image files in this folder")
         return files
     if p.is_file():
         return [p]
     if any(ch in s for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if is_image_file(f))
         if not files:
             raise PredictError(f"source={s}: the pattern matches no images")
         return files
@@ -48,12 +48,12 @@ def resolve_source(source: Union[str, Path]) -> List[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode to RGB uint8 with EXIF orientation applied; one-line error for unreadable files."""
+    """Decode to RGB uint8 with EXIF orientation applied (``dsod.data.images``, the same decoder as
+    training); one-line error for unusable files."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image for the user
-        raise PredictError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        return load_image(path)
+    except ImageError as e:
+        raise PredictError(f"{path}: {e}") from None
 
 
 def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:

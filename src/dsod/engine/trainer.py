@@ -52,8 +52,10 @@ class TrainArgs:
     accumulate: int = 1  # forward passes per optimizer step (the original: iter_size 4)
     imgsz: Optional[int] = None  # input size; default: the preset's
     lr: Optional[float] = None  # default: 0.1 x effective batch / 128 (the paper's 0.1 at 128)
+    optimizer: str = "sgd"  # sgd (the paper's) | adamw (faster to converge on tiny CPU runs)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    augment: bool = True  # the SSD augmentation (spec §1.8); False: warp-resize only (overfitting checks)
     no_decay_norm: bool = False  # exempt BN/GN/L2Norm parameters from weight decay
     schedule: str = "multistep"  # multistep (the paper's) | cosine
     milestones: Tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # 20k/40k/60k/80k of 100k
@@ -169,7 +171,8 @@ class Trainer:
         # data
         size = cfg.image_size
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
-        self.train_set = DetectionDataset(train_records, train_transform(size), train=True)
+        self.train_set = DetectionDataset(train_records, train_transform(size) if a.augment else eval_transform(size),
+                                          train=True)
         self.sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True, seed=a.seed,
                                              rank=self.rank, world=self.world, drop_last=True)
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=a.workers,
@@ -192,7 +195,10 @@ class Trainer:
         self.effective_batch = eff
         self.lr = a.lr if a.lr is not None else 0.1 * eff / 128
         warmup = a.warmup if a.warmup is not None else min(500, self.total_iters // 20)
-        self.optimizer = build_optimizer(self.model, self.lr, a.momentum, a.weight_decay, a.no_decay_norm)
+        if a.optimizer not in ("sgd", "adamw"):
+            raise TrainingError(f"optimizer={a.optimizer} is not valid; choose one of: sgd, adamw")
+        self.optimizer = build_optimizer(self.model, a.optimizer, self.lr, a.momentum, a.weight_decay,
+                                         a.no_decay_norm)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_iters, warmup, a.schedule, a.milestones))
         self.use_amp = a.amp and self.device.type == "cuda" and not a.bf16
@@ -392,7 +398,7 @@ class Trainer:
                 break
             self.scaler.scale(loss).backward()
             for k in sums:
-                sums[k] += float(parts[k]) / a.accumulate
+                sums[k] += float(parts[k].detach()) / a.accumulate
         if self.world > 1:  # every process must agree on skipping, or DDP would hang
             flag = dist_utils.all_reduce_sum(torch.tensor([0.0 if finite else 1.0], device=self.device))
             finite = bool(flag.item() == 0)
