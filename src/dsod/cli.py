@@ -32,6 +32,9 @@ class Command:
     help: str
     run: Callable[[Dict[str, object]], int]
     options: Dict[str, Option] = field(default_factory=dict)
+    # Commands that validate their own keys (export, bench) get the raw key=value strings.
+    passthrough: bool = False
+    doc: str = ""
 
 
 def _bool(v: str) -> bool:
@@ -281,9 +284,9 @@ def cmd_predict(args: Dict[str, object]) -> int:
         raise CLIError("model= and source= are required")
     try:
         if args["backend"] == "onnxruntime":
-            from .onnx_backend import OnnxDetector
-            det = OnnxDetector.load(str(args["model"]), conf=float(args["conf"]), iou=float(args["iou"]),
-                                    max_det=int(args["max_det"]))
+            from .predict import OnnxRuntimeDetector
+            det = OnnxRuntimeDetector(str(args["model"]), conf=float(args["conf"]), iou=float(args["iou"]),
+                                      max_det=int(args["max_det"]))
         else:
             det = Detector.load(str(args["model"]), device=str(select_device(str(args["device"]))),
                                 conf=float(args["conf"]), iou=float(args["iou"]), max_det=int(args["max_det"]))
@@ -380,14 +383,31 @@ def _commands() -> Dict[str, Command]:
                         {"iterations": Option(600, "training iterations", _positive_int),
                          "project": Option("runs", "results folder")}),
     }
-    try:
-        from .bench import bench_main
-        from .export import export_main
-        commands["export"] = Command("export a checkpoint (ONNX)", lambda a: export_main(a), {})
-        commands["bench"] = Command("benchmark against torchvision peers", lambda a: bench_main(a), {})
-    except ImportError:
-        pass
+    commands["export"] = Command("export a checkpoint to ONNX (verified against eager; optional int8)",
+                                 cmd_export, passthrough=True, doc="dsod.export")
+    commands["bench"] = Command("speed, MACs and memory against torchvision's SSD peers, in one run", cmd_bench,
+                                passthrough=True, doc="dsod.bench")
     return commands
+
+
+def cmd_export(args: Dict[str, object]) -> int:
+    from .engine.checkpoint import CheckpointError
+    from .export import ExportError, export_main
+
+    try:
+        return export_main(args)
+    except (ExportError, CheckpointError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_bench(args: Dict[str, object]) -> int:
+    from .bench import BenchError, bench_main
+    from .engine.checkpoint import CheckpointError
+
+    try:
+        return bench_main(args)
+    except (BenchError, CheckpointError) as e:
+        raise CLIError(str(e)) from None
 
 
 def _usage(commands: Dict[str, Command]) -> str:
@@ -397,6 +417,9 @@ def _usage(commands: Dict[str, Command]) -> str:
 
 
 def _command_help(name: str, cmd: Command) -> str:
+    if cmd.passthrough:
+        import importlib
+        return f"usage: dsod {name} [key=value ...]\n\n{importlib.import_module(cmd.doc).__doc__}"
     lines = [f"usage: dsod {name} [key=value ...]", "", cmd.help, "", "keys:"]
     for k, o in cmd.options.items():
         choices = f" (one of: {', '.join(o.choices)})" if o.choices else ""
@@ -421,6 +444,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_command_help(name, cmd))
         return 0
     try:
+        if cmd.passthrough:
+            bad = [a for a in rest if "=" not in a]
+            if bad:
+                raise CLIError(f"'{bad[0]}' is not key=value (see dsod {name} --help)")
+            return cmd.run(dict(a.split("=", 1) for a in rest))
         return cmd.run(parse_kv(name, cmd, rest))
     except CLIError as e:
         print(f"dsod {name}: {e}", file=sys.stderr)

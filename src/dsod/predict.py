@@ -130,6 +130,27 @@ class Detector:
         return results
 
 
+class OnnxRuntimeDetector(Detector):
+    """``Detector`` on a model written by ``dsod export`` (ONNX Runtime; fp32 or int8): same
+    ``predict`` API and outputs, the network and decoding run in ONNX Runtime."""
+
+    def __init__(self, path: Union[str, Path], conf: float = 0.25, iou: float = 0.45, max_det: int = 200):
+        from .onnx_backend import OnnxDetector
+
+        try:
+            self.session = OnnxDetector(path, conf=conf, iou=iou, max_det=max_det)
+        except FileNotFoundError as e:
+            raise PredictError(str(e)) from None
+        self.names = self.session.names
+        ids = self.session.metadata.get("category_ids")
+        self.category_ids = list(ids) if ids else None
+        self.image_size = self.session.image_size
+        self.conf = conf
+
+    def predict_arrays(self, images: Sequence[np.ndarray], batch: int = 8) -> List[Dict[str, Any]]:
+        return self.session.detect(images, batch)
+
+
 def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None:
     """Write the image with its boxes, class names and scores (JPEG/PNG by suffix), atomically."""
     import os
