@@ -282,9 +282,14 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
 
 
 def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool = False,
-                 imgsz: Optional[int] = None) -> Dict[str, Any]:
+                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = 131072) -> Dict[str, Any]:
     """Training cost per image: peak RSS at ``batch`` minus at batch 2 (fresh processes), divided by
-    the batch difference; images/s from the step time at ``batch``."""
+    the batch difference; images/s from the step time at ``batch``.
+
+    ``mmap_threshold``: glibc ``MALLOC_MMAP_THRESHOLD_`` for the probe processes (default 128 KiB), so
+    that every large tensor is its own mapping and returns to the OS when freed: peak RSS then tracks
+    the live tensors instead of heap fragmentation (glibc's default adaptive threshold lets freed
+    activations linger in the heap). None keeps the default allocator behaviour."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -292,14 +297,24 @@ def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, mem
     for b in (2, batch):
         q = ctx.Queue()
         p = ctx.Process(target=_train_probe, args=(kind, name, b, steps, threads, memory_efficient, imgsz, q))
-        p.start()
+        old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        if mmap_threshold:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap_threshold))
+        try:
+            p.start()
+        finally:
+            if mmap_threshold:
+                if old is None:
+                    os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+                else:
+                    os.environ["MALLOC_MMAP_THRESHOLD_"] = old
         r = q.get()
         p.join()
         if "error" in r:
             return {"error": r["error"]}
         res[b] = r
     per_image = (res[batch]["peak_rss"] - res[2]["peak_rss"]) / (batch - 2)
-    return {"memory_gb_per_image": per_image / 1e9, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
+    return {"memory_gb_per_image": per_image / 1e9, "malloc_mmap_threshold": mmap_threshold, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
             "step_ms": {str(k): v["step_s"] * 1e3 for k, v in res.items()},
             "train_ms_per_image": res[batch]["step_s"] * 1e3 / batch,
             "train_img_s": batch / res[batch]["step_s"]}

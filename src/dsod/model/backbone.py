@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import ConvNormReLU, DenseBlock, NormReLUConv, make_norm, max_pool_ceil
+from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, make_norm, max_pool_ceil
 
 
 class Stem(nn.Module):
@@ -100,7 +100,13 @@ class DSODBackbone(nn.Module):
         x = self.stem(x)
         first = first_pooled = x
         for i, (block, transition) in enumerate(zip(self.blocks, self.transitions)):
-            conv_out, x = transition(block(x))
+            if block.recomputing():
+                # Memory-efficient: the block's concat and the transition's BN-ReLU are recomputed in
+                # backward (only the transition conv's output is kept), like the dense layers'.
+                conv_out = concat_then(transition.conv, block.forward_features(x))
+                x = max_pool_ceil(conv_out) if transition.pool else conv_out
+            else:
+                conv_out, x = transition(block(x))
             if i == 1:
                 first, first_pooled = conv_out, x
         return first, first_pooled, x

@@ -171,19 +171,33 @@ class DenseBlock(nn.Module):
         self.out_channels = cin + num_layers * growth
         self.memory_efficient = memory_efficient
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.memory_efficient and torch.is_grad_enabled() and self.training:
-            from torch.utils.checkpoint import checkpoint
+    def recomputing(self) -> bool:
+        """Whether this forward runs the memory-efficient (checkpointed) path."""
+        return self.memory_efficient and self.training and torch.is_grad_enabled()
 
-            features = [x]
-            for layer in self.layers:
-                features.append(checkpoint(functools.partial(_concat_then, layer), *features,
-                                           use_reentrant=False, context_fn=_checkpoint_contexts,
-                                           preserve_rng_state=False))
-            return torch.cat(features, dim=1)
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Memory-efficient path: the list [input, new_1, ..., new_L] (never concatenated here), each
+        layer checkpointed. ``concat_then(module, features)`` applies a consumer the same way."""
+        features = [x]
+        for layer in self.layers:
+            features.append(concat_then(layer, features))
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recomputing():
+            return torch.cat(self.forward_features(x), dim=1)
         for layer in self.layers:
             x = torch.cat([x, layer(x)], dim=1)
         return x
+
+
+def concat_then(module: nn.Module, features: List[torch.Tensor]) -> torch.Tensor:
+    """``module(torch.cat(features, 1))`` under a selective checkpoint: the concat and the BN/ReLU
+    outputs inside ``module`` are recomputed in backward, its convolution outputs are kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(functools.partial(_concat_then, module), *features, use_reentrant=False,
+                      context_fn=_checkpoint_contexts, preserve_rng_state=False)
 
 
 def max_pool_ceil(x: torch.Tensor) -> torch.Tensor:
