@@ -282,14 +282,14 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
 
 
 def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool = False,
-                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = 131072) -> Dict[str, Any]:
+                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = None) -> Dict[str, Any]:
     """Training cost per image: peak RSS at ``batch`` minus at batch 2 (fresh processes), divided by
     the batch difference; images/s from the step time at ``batch``.
 
-    ``mmap_threshold``: glibc ``MALLOC_MMAP_THRESHOLD_`` for the probe processes (default 128 KiB), so
-    that every large tensor is its own mapping and returns to the OS when freed: peak RSS then tracks
-    the live tensors instead of heap fragmentation (glibc's default adaptive threshold lets freed
-    activations linger in the heap). None keeps the default allocator behaviour."""
+    ``mmap_threshold``: glibc ``MALLOC_MMAP_THRESHOLD_`` for the probe processes (default None: the
+    allocator as a user runs it). A fixed small threshold makes every large tensor its own mapping,
+    returned to the OS when freed, but it also slows training (page faults on every allocation) and
+    made the batch-2/batch-8 difference erratic here, so the default measurement does not use it."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
