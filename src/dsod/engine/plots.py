@@ -64,7 +64,7 @@ def plot_batch(images: torch.Tensor, targets: List[dict], names: Sequence[str], 
 
 @torch.no_grad()
 def plot_predictions(model, loader, postprocessor, names, path: Path, device, max_images: int = 8,
-                     conf: float = 0.3):
+                     conf: float = 0.4):
     plt = _plt()
     images, _ = next(iter(loader))
     images = images[:max_images]

@@ -61,6 +61,9 @@ class TrainArgs:
     milestones: Tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # 20k/40k/60k/80k of 100k
     warmup: Optional[int] = None  # warm-up iterations; default min(500, 5% of the run)
     norm: str = "bn"  # bn | gn | syncbn (syncbn: statistics over all processes under DDP)
+    # BN running-average decay; default: the model's (Caffe's 0.999). Short runs want less (e.g. 0.99):
+    # the bias-corrected average then forgets the first iterations' very different statistics.
+    bn_decay: Optional[float] = None
     amp: bool = True  # float16 autocast + GradScaler on CUDA (ignored on CPU)
     bf16: bool = False  # bfloat16 autocast (CPU or CUDA)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -249,6 +252,8 @@ class Trainer:
             overrides["image_size"] = a.imgsz
         if a.norm == "gn":
             overrides["norm"] = "gn"
+        if a.bn_decay is not None:
+            overrides["bn_decay"] = a.bn_decay
         return cfg.replace(**overrides), init
 
     def _load_initial_weights(self, model: DSOD, ckpt: Dict[str, Any]) -> None:
