@@ -100,7 +100,7 @@ def test_memory_efficient_dense_blocks_same_numbers(name, overrides):
     statistics and step counts (recomputation must not update them a second time)."""
     size = 64
     torch.manual_seed(0)
-    a = build_model(name, image_size=size, **overrides).double().train()
+    a = build_model(name, image_size=size, memory_efficient=False, **overrides).double().train()
     b = build_model(name, image_size=size, memory_efficient=True, **overrides).double().train()
     b.load_state_dict(a.state_dict())
     assert b.config.memory_efficient and b.backbone.blocks[0].memory_efficient
@@ -119,6 +119,12 @@ def test_memory_efficient_dense_blocks_same_numbers(name, overrides):
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
     assert int(b.backbone.blocks[0].layers[0].layers[0][0].num_batches_tracked) == 2
+
+
+def test_memory_efficient_is_on_for_the_full_size_presets():
+    assert build_model("dsod300").config.memory_efficient
+    assert build_model("dsod300").backbone.blocks[0].memory_efficient
+    assert not build_model("dsod-nano").config.memory_efficient
 
 
 def test_memory_efficient_is_plain_in_eval_and_without_grad():

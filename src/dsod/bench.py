@@ -233,8 +233,6 @@ def _copy_model(model: nn.Module) -> nn.Module:
 def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool,
                  imgsz: Optional[int], queue) -> None:
     """Child process: a few SGD steps at ``batch``; reports median step seconds and peak RSS (bytes)."""
-    import resource
-
     try:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
@@ -276,9 +274,25 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
             opt.step()
             if i > 0:
                 times.append(time.perf_counter() - t0)
-        queue.put({"step_s": statistics.median(times), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+        queue.put({"step_s": statistics.median(times), "peak_rss": _peak_rss_bytes()})
     except Exception as e:  # noqa: BLE001 - reported to the parent as a failed probe
         queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set of this process's own address space: ``VmHWM`` (Linux). ``ru_maxrss`` is not
+    used where VmHWM exists: Linux carries it over from the forked parent across exec, so a child
+    started from a large process would report at least the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool = False,

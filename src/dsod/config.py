@@ -77,7 +77,8 @@ class ModelConfig:
     l2norm_init: float = 20.0  # spec §1.4, all sources
     # Memory-efficient dense blocks (training only): recompute each dense layer's concat + BN + ReLU
     # in backward instead of storing them (torch.utils.checkpoint, convolutions are never re-run).
-    # Same parameters and outputs; DSOD300 training memory per image drops ~3x for a small time cost.
+    # Same parameters and outputs; DSOD300 training memory per image 0.39 -> 0.18 GB for ~5% time.
+    # On in the DSOD300/DSOD512 presets (see below).
     memory_efficient: bool = False
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
 
@@ -97,13 +98,17 @@ class ModelConfig:
 # Spec §1.5: SSD's hand-set steps for 300x300; the 2x2 source keeps step 300 (centres at 150 and
 # 450 px), the quirk of the released code that gives 8744 default boxes.
 _SSD300_STEPS = (8, 16, 32, 64, 100, 300)
-DSOD300 = ModelConfig(anchors=AnchorConfig(steps=_SSD300_STEPS))
+# memory_efficient: on for the full-size family (DSOD300, DSOD512 and the presets derived from them),
+# where it halves training memory per image (0.39 -> 0.18 GB at 300 px) for ~5% time; off for the
+# small depthwise presets, whose activations are small anyway (docs/PERFORMANCE.md).
+DSOD300 = ModelConfig(anchors=AnchorConfig(steps=_SSD300_STEPS), memory_efficient=True)
 
 # Spec §1.10: same body at 512 -> 7 sources (64, 32, 16, 8, 4, 2, 1). No prior configuration was
 # published; we use SSD512's (first scale 4%/10%, ratios 15..90, steps = 512 / map = 8..512).
 DSOD512 = ModelConfig(
     name="dsod512",
     image_size=512,
+    memory_efficient=True,
     prediction_widths=(256, 256, 128, 128, 128, 128),
     anchors=AnchorConfig(size_ratios=(15, 90), first_sizes=(4.0, 10.0)),
 )
