@@ -45,10 +45,11 @@ def _draw(ax, img: np.ndarray, boxes: np.ndarray, labels: Sequence[int], names: 
     ax.axis("off")
 
 
-def plot_batch(images: torch.Tensor, targets: List[dict], names: Sequence[str], path: Path, max_images: int = 16):
+def _image_grid(images: torch.Tensor, boxes: List[torch.Tensor], labels: List[torch.Tensor], names: Sequence[str],
+                path: Path, cols: int, scores: List[torch.Tensor] | None = None) -> None:
+    """One panel per network-input image with its boxes (xyxy normalised to the input)."""
     plt = _plt()
-    n = min(len(images), max_images)
-    cols = int(np.ceil(np.sqrt(n)))
+    n = len(images)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     for ax in axes.flat:
@@ -56,16 +57,21 @@ def plot_batch(images: torch.Tensor, targets: List[dict], names: Sequence[str], 
     for i in range(n):
         img = to_rgb_uint8(images[i])
         h, w = img.shape[:2]
-        boxes = targets[i]["boxes"].cpu().numpy() * np.array([w, h, w, h])
-        _draw(axes.flat[i], img, boxes, targets[i]["labels"].tolist(), names)
+        px = boxes[i].cpu().numpy() * np.array([w, h, w, h])
+        _draw(axes.flat[i], img, px, labels[i].tolist(), names, None if scores is None else scores[i].tolist())
     _save(fig, Path(path))
     plt.close(fig)
+
+
+def plot_batch(images: torch.Tensor, targets: List[dict], names: Sequence[str], path: Path, max_images: int = 16):
+    n = min(len(images), max_images)
+    _image_grid(images[:n], [t["boxes"] for t in targets[:n]], [t["labels"] for t in targets[:n]], names, path,
+                cols=int(np.ceil(np.sqrt(n))))
 
 
 @torch.no_grad()
 def plot_predictions(model, loader, postprocessor, names, path: Path, device, max_images: int = 8,
                      conf: float = 0.4):
-    plt = _plt()
     images, _ = next(iter(loader))
     images = images[:max_images]
     was = model.training
@@ -73,21 +79,9 @@ def plot_predictions(model, loader, postprocessor, names, path: Path, device, ma
     out = model(images.to(device))
     model.train(was)
     dets = postprocessor(out.bbox_regression.float(), out.cls_logits.float(), model.anchors_cxcywh)
-    n = len(images)
-    cols = min(4, n)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        img = to_rgb_uint8(images[i])
-        h, w = img.shape[:2]
-        d = dets[i]
-        keep = d["scores"] >= conf
-        boxes = d["boxes"][keep].cpu().numpy() * np.array([w, h, w, h])
-        _draw(axes.flat[i], img, boxes, d["labels"][keep].tolist(), names, d["scores"][keep].tolist())
-    _save(fig, Path(path))
-    plt.close(fig)
+    keep = [d["scores"] >= conf for d in dets]
+    _image_grid(images, [d["boxes"][k] for d, k in zip(dets, keep)], [d["labels"][k] for d, k in zip(dets, keep)],
+                names, path, cols=min(4, len(images)), scores=[d["scores"][k] for d, k in zip(dets, keep)])
 
 
 def plot_results(csv_path: Path, out_path: Path) -> None:
