@@ -114,6 +114,11 @@ def _floats(v: str) -> tuple:
     return tuple(float(x) for x in v.strip("[]()").split(",") if x.strip())
 
 
+def _augment(v: str) -> str:
+    from .data import augment_mode
+    return augment_mode(v)
+
+
 def _optional(kind):
     def parse(v: str):
         return None if v.lower() in ("none", "null", "") else kind(v)
@@ -135,7 +140,8 @@ def _train_options() -> Dict[str, Option]:
         "milestones": "multistep LR drops as fractions of the run", "warmup": "warm-up iterations",
         "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA", "bf16": "bfloat16 autocast",
         "grad_clip": "max gradient norm (0 = off)", "device": "auto, cpu, cuda or cuda:N",
-        "augment": "SSD augmentation (false: resize only)", "optimizer": "sgd (the paper's) or adamw",
+        "augment": "ssd (the paper's), light (short CPU runs) or none",
+        "flipud": "vertical-flip probability (micrographs, aerial)", "optimizer": "sgd (the paper's) or adamw",
         "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
         "max_images": "use only the first N images of each split",
     }
@@ -143,7 +149,7 @@ def _train_options() -> Dict[str, Option]:
         "data": _optional(str), "model": str, "weights": _optional(str), "resume": _optional(str),
         "epochs": _positive_int, "iterations": _optional(_positive_int), "batch": _positive_int,
         "accumulate": _positive_int, "imgsz": _optional(_positive_int), "lr": _optional(_nonneg_float),
-        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool, "augment": _bool,
+        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool, "augment": _augment, "flipud": _float_range(0, 1),
         "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _bool, "grad_clip": _nonneg_float,
         "max_bad_steps": _positive_int, "bn_decay": _optional(_float_range(0, 1)), "workers": int, "seed": int, "exist_ok": _bool,
         "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,

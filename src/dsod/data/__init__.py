@@ -14,14 +14,14 @@ from .dataset import DetectionDataset, SeededSampler, build_dataloader, collate,
 from .images import MAX_PIXELS, ImageError, image_size, load_image, load_image_bgr
 from .records import DatasetInfo, ImageRecord
 from .spec import DatasetError, DatasetSpec, SplitReport, load_dataset
-from .transforms import (SeededTransform, SSDBatchSamplerCrop, SSDPhotometricDistort, ToNetworkInput,
-                         denormalize, eval_transform, train_transform)
+from .transforms import (AUGMENT_MODES, SeededTransform, SSDBatchSamplerCrop, SSDPhotometricDistort, ToNetworkInput,
+                         augment_mode, denormalize, eval_transform, train_transform)
 
 __all__ = [
     "load_dataset", "DatasetSpec", "DatasetInfo", "ImageRecord", "DatasetError", "SplitReport",
     "DetectionDataset", "collate", "build_dataloader", "SeededSampler", "seed_worker",
     "train_transform", "eval_transform", "SSDPhotometricDistort", "SSDBatchSamplerCrop", "ToNetworkInput",
-    "SeededTransform", "denormalize",
+    "SeededTransform", "denormalize", "AUGMENT_MODES", "augment_mode",
     "load_image", "load_image_bgr", "image_size", "ImageError", "MAX_PIXELS",
 ]
 

@@ -55,7 +55,10 @@ class TrainArgs:
     optimizer: str = "sgd"  # sgd (the paper's) | adamw (faster to converge on tiny CPU runs)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: bool = True  # the SSD augmentation (spec §1.8); False: warp-resize only (overfitting checks)
+    # ssd: the SSD augmentation (spec §1.8; True means this) | light: milder, for short CPU runs on small
+    # data (data.transforms.train_transform) | none (or False): warp-resize only (overfitting checks)
+    augment: Any = "ssd"
+    flipud: float = 0.0  # probability of a vertical flip too (micrographs, aerial images)
     no_decay_norm: bool = False  # exempt BN/GN/L2Norm parameters from weight decay
     schedule: str = "multistep"  # multistep (the paper's) | cosine
     milestones: Tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # 20k/40k/60k/80k of 100k
@@ -127,11 +130,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset, eval_transform, load_dataset, train_transform
+        from ..data import DetectionDataset, augment_mode, eval_transform, load_dataset, train_transform
 
         a = self.args
         if a.batch < 1 or a.accumulate < 1:
             raise TrainingError("batch and accumulate must be >= 1")
+        try:
+            a.augment = augment_mode(a.augment)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        if not 0.0 <= a.flipud <= 1.0:
+            raise TrainingError(f"flipud={a.flipud} must be a probability between 0 and 1")
         self.resume_ckpt = load_checkpoint(a.resume) if a.resume else None
         if self.resume_ckpt is not None:
             saved = self.resume_ckpt.get("train_args") or {}
@@ -174,7 +183,7 @@ class Trainer:
         # data
         size = cfg.image_size
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
-        self.train_set = DetectionDataset(train_records, train_transform(size) if a.augment else eval_transform(size),
+        self.train_set = DetectionDataset(train_records, train_transform(size, mode=a.augment, flipud=a.flipud),
                                           train=True)
         self.sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True, seed=a.seed,
                                              rank=self.rank, world=self.world, drop_last=True)

@@ -10,24 +10,45 @@ from ..anchors import anchors_per_location, default_boxes, resolve_aspect_ratios
 from ..config import ModelConfig, get_config
 from .backbone import DSODBackbone
 from .detector import DSOD
+from .vgg import VGGBackbone
 from .head import DetectionHead
 from .layers import L2Norm
 from .neck import DensePrediction, PlainPrediction
 
 
-def _build_features(cfg: ModelConfig) -> Tuple[DSODBackbone, nn.Module]:
+def _build_features(cfg: ModelConfig) -> Tuple[nn.Module, nn.Module]:
     if cfg.prediction not in ("dense", "plain"):
         raise ValueError(f"unknown prediction structure '{cfg.prediction}'; valid: dense, plain")
+    if cfg.backbone not in ("dsod", "vgg"):
+        raise ValueError(f"unknown backbone '{cfg.backbone}'; valid: dsod, vgg")
     common = dict(depthwise=cfg.depthwise, norm=cfg.norm, decay=cfg.bn_decay)
-    backbone = DSODBackbone(
-        stem=cfg.stem, stem_channels=cfg.stem_channels, growth_rate=cfg.growth_rate,
-        bottleneck_width=cfg.bottleneck_width, block_config=cfg.block_config,
-        transition_pooling=cfg.transition_pooling, compression=cfg.compression,
-        final_channels=cfg.prediction_widths[0] if cfg.prediction == "dense" else None,
-        memory_efficient=cfg.memory_efficient, **common)
+    if cfg.backbone == "vgg":
+        backbone = VGGBackbone(cfg.vgg_width, cfg.norm, cfg.bn_decay)
+    else:
+        backbone = DSODBackbone(
+            stem=cfg.stem, stem_channels=cfg.stem_channels, growth_rate=cfg.growth_rate,
+            bottleneck_width=cfg.bottleneck_width, block_config=cfg.block_config,
+            transition_pooling=cfg.transition_pooling, compression=cfg.compression,
+            final_channels=cfg.prediction_widths[0] if cfg.prediction == "dense" else None,
+            memory_efficient=cfg.memory_efficient, **common)
     neck_cls = DensePrediction if cfg.prediction == "dense" else PlainPrediction
     neck = neck_cls(backbone.first_channels, backbone.out_channels, cfg.prediction_widths, **common)
     return backbone, neck
+
+
+def build_backbone(cfg: ModelConfig | str, **overrides) -> nn.Module:
+    """The randomly initialised backbone alone (Caffe's xavier filler, as in ``init_weights``): its
+    forward returns (First, pool(First), last output). Used to put the very same backbone into other
+    detectors (torchvision's Faster R-CNN in ``dsod.experiments``)."""
+    if isinstance(cfg, str):
+        cfg = get_config(cfg, **overrides)
+    elif overrides:
+        cfg = cfg.replace(**overrides)
+    backbone, _ = _build_features(cfg)
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")
+    return backbone
 
 
 def feature_sizes(cfg: ModelConfig) -> List[Tuple[int, int]]:

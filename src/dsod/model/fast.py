@@ -423,6 +423,8 @@ def fuse_for_inference(model: DSOD, channels_last: Optional[bool] = None, mkldnn
     """
     if not isinstance(model, DSOD):
         raise TypeError(f"fuse_for_inference expects a DSOD model, got {type(model).__name__}")
+    if model.config.backbone != "dsod":
+        raise ValueError(f"fuse_for_inference supports the DSOD backbone only, not '{model.config.backbone}'")
     device = model.anchors_cxcywh.device
     if channels_last is None:
         channels_last = device.type == "cpu"

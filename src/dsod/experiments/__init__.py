@@ -1,0 +1,1 @@
+"""CPU-scale experiments behind docs/RESULTS.md (``python -m dsod.experiments``)."""
