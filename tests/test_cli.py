@@ -26,6 +26,12 @@ def test_bad_values_give_one_line_errors(capsys):
     assert main(["info", "num_classes=-3"]) == 2
     assert "positive" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+    capsys.readouterr()
+    assert main(["train", "augment=heavy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "ssd, light, none" in err
+    assert main(["train", "flipud=2"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
 
 
 def test_console_entry_points():

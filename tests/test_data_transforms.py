@@ -217,3 +217,42 @@ def test_record_whose_file_changed_size_is_rescaled(tmp_path):
                       np.array([0]), np.array([False]), np.array([False]))
     _, t = DetectionDataset([rec], eval_transform(100), train=False)[0]
     assert torch.allclose(t["boxes"], torch.tensor([[0.1, 0.2, 0.5, 0.8]]))
+
+
+# ------------------------------------------------------------------- augmentation modes (issue 7)
+def test_augment_mode_names_and_bools():
+    from dsod.data import augment_mode
+    assert augment_mode(True) == "ssd" and augment_mode(False) == "none"
+    assert augment_mode("LIGHT") == "light" and augment_mode("false") == "none"
+    with pytest.raises(ValueError, match="ssd, light, none"):
+        augment_mode("heavy")
+
+
+@pytest.mark.parametrize("mode", ["light", "none"])
+def test_light_and_none_modes_keep_the_contract_on_real_images(bccd_train, mode):
+    ds = DetectionDataset(bccd_train[:6], train_transform(224, mode=mode), train=True)
+    kept = total = 0
+    for seed in range(18):
+        image, t = ds[(seed % 6, seed)]
+        b = t["boxes"]
+        assert image.shape == (3, 224, 224) and torch.isfinite(image).all()
+        assert (b >= 0).all() and (b <= 1).all() and (b[:, 2] > b[:, 0]).all() and len(b) >= 1
+        kept, total = kept + len(b), total + len(bccd_train[seed % 6].boxes)
+    if mode == "none":  # warp-resize only: every box, at its scaled place
+        assert kept == total
+        image, t = ds[0]
+        rec = bccd_train[0]
+        scale = torch.tensor([rec.width, rec.height] * 2, dtype=torch.float32)
+        torch.testing.assert_close(t["boxes"] * scale, torch.as_tensor(rec.boxes), atol=1e-3, rtol=0)
+    else:  # crops at scale >= 0.5 drop some boxes but far fewer than the SSD recipe's 0.3 + zoom-out
+        assert 0.5 * total < kept < total
+
+
+def test_flipud_flips_boxes_vertically(bccd_train):
+    plain = DetectionDataset(bccd_train[:1], train_transform(224, mode="none"), train=True)
+    flipped = DetectionDataset(bccd_train[:1], train_transform(224, mode="none", flipud=1.0), train=True)
+    (x0, t0), (x1, t1) = plain[(0, 0)], flipped[(0, 0)]
+    torch.testing.assert_close(x1, x0.flip(-2))
+    b0, b1 = t0["boxes"], t1["boxes"]
+    torch.testing.assert_close(b1[:, [1, 3]], 1 - b0[:, [3, 1]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(b1[:, [0, 2]], b0[:, [0, 2]])

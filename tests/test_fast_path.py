@@ -104,6 +104,7 @@ def test_memory_efficient_dense_blocks_same_numbers(name, overrides):
     b = build_model(name, image_size=size, memory_efficient=True, **overrides).double().train()
     b.load_state_dict(a.state_dict())
     assert b.config.memory_efficient and b.backbone.blocks[0].memory_efficient
+    assert b.backbone.stem.memory_efficient and b.head.memory_efficient
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
     for step in range(2):
         x = torch.randn(2, 3, size, size, dtype=torch.float64) * 50

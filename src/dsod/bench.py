@@ -231,9 +231,13 @@ def _copy_model(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------------- training
 def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool,
-                 imgsz: Optional[int], queue) -> None:
-    """Child process: a few SGD steps at ``batch``; reports median step seconds and peak RSS (bytes)."""
+                 imgsz: Optional[int], queue, tune_allocator: bool = True) -> None:
+    """Child process: a few SGD steps at ``batch``; reports median step seconds and peak RSS (bytes).
+    ``tune_allocator``: set glibc's mmap threshold as ``dsod train`` does on CPU (engine/memory.py)."""
     try:
+        if tune_allocator:
+            from .engine.memory import tune_cpu_allocator
+            tune_cpu_allocator()
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(0)
@@ -241,9 +245,9 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
             from .loss import MultiBoxLoss
 
             model, cfg = load_ours(name, imgsz)
-            if model.backbone.blocks[0].memory_efficient != memory_efficient:
-                for b in model.backbone.blocks:
-                    b.memory_efficient = memory_efficient
+            for mod in model.modules():  # dense blocks, stem and heads
+                if hasattr(mod, "memory_efficient"):
+                    mod.memory_efficient = memory_efficient
             size = cfg.image_size
             criterion = MultiBoxLoss()
 
@@ -259,7 +263,7 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
                 return sum(model(list(x), tv_targets).values())
         model.train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        times = []
+        times, live = [], None
         for i in range(steps + 1):
             x = torch.randn(batch, 3, size, size, generator=g) * 50
             targets = []
@@ -274,9 +278,47 @@ def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, mem
             opt.step()
             if i > 0:
                 times.append(time.perf_counter() - t0)
-        queue.put({"step_s": statistics.median(times), "peak_rss": _peak_rss_bytes()})
+        peak_rss = _peak_rss_bytes()
+        live = _live_peak_bytes(lambda: (opt.zero_grad(set_to_none=False), step(x, targets).backward()))
+        queue.put({"step_s": statistics.median(times), "peak_rss": peak_rss, "peak_live": live})
     except Exception as e:  # noqa: BLE001 - reported to the parent as a failed probe
         queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _live_peak_bytes(fn) -> Optional[int]:
+    """Peak bytes held by live allocations during ``fn()`` above what was live before it: glibc's
+    ``mallinfo2`` (heap in use + mmapped) sampled after every tensor op (a dispatch mode). Unlike peak
+    RSS it does not count memory that the allocator keeps after a free (fragmentation), so it is the
+    activation memory the model itself needs. None where glibc's mallinfo2 is missing."""
+    import ctypes
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _Info
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        mi = libc.mallinfo2()
+        return mi.uordblks + mi.hblkhd
+
+    class _Peak(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use())
+            return out
+
+    base = in_use()
+    with _Peak() as mode:
+        fn()
+    return mode.peak - base
 
 
 def _peak_rss_bytes() -> int:
@@ -296,21 +338,23 @@ def _peak_rss_bytes() -> int:
 
 
 def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool = False,
-                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = None) -> Dict[str, Any]:
+                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = None,
+                 tune_allocator: bool = True) -> Dict[str, Any]:
     """Training cost per image: peak RSS at ``batch`` minus at batch 2 (fresh processes), divided by
-    the batch difference; images/s from the step time at ``batch``.
+    the batch difference; images/s from the step time at ``batch``; and the same difference of the
+    live-tensor peak (``live_gb_per_image``, glibc's mallinfo2, independent of fragmentation).
 
-    ``mmap_threshold``: glibc ``MALLOC_MMAP_THRESHOLD_`` for the probe processes (default None: the
-    allocator as a user runs it). A fixed small threshold makes every large tensor its own mapping,
-    returned to the OS when freed, but it also slows training (page faults on every allocation) and
-    made the batch-2/batch-8 difference erratic here, so the default measurement does not use it."""
+    ``tune_allocator`` (default): the probes set glibc's mmap threshold as ``dsod train`` does on CPU
+    (``engine.memory.tune_cpu_allocator``); False measures glibc's default allocator.
+    ``mmap_threshold``: instead set ``MALLOC_MMAP_THRESHOLD_`` to this value for the probes."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     res = {}
     for b in (2, batch):
         q = ctx.Queue()
-        p = ctx.Process(target=_train_probe, args=(kind, name, b, steps, threads, memory_efficient, imgsz, q))
+        p = ctx.Process(target=_train_probe,
+                        args=(kind, name, b, steps, threads, memory_efficient, imgsz, q, tune_allocator))
         old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
         if mmap_threshold:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap_threshold))
@@ -328,7 +372,11 @@ def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, mem
             return {"error": r["error"]}
         res[b] = r
     per_image = (res[batch]["peak_rss"] - res[2]["peak_rss"]) / (batch - 2)
-    return {"memory_gb_per_image": per_image / 1e9, "malloc_mmap_threshold": mmap_threshold, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
+    live = None
+    if res[batch].get("peak_live") is not None and res[2].get("peak_live") is not None:
+        live = (res[batch]["peak_live"] - res[2]["peak_live"]) / (batch - 2) / 1e9
+    return {"memory_gb_per_image": per_image / 1e9, "live_gb_per_image": live, "malloc_mmap_threshold": mmap_threshold,
+            "tuned_allocator": tune_allocator and not mmap_threshold, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
             "step_ms": {str(k): v["step_s"] * 1e3 for k, v in res.items()},
             "train_ms_per_image": res[batch]["step_s"] * 1e3 / batch,
             "train_img_s": batch / res[batch]["step_s"]}
@@ -484,7 +532,8 @@ def _print_train(key: str, r: Dict[str, Any]) -> None:
     if "error" in r:
         print(f"train {key}: failed ({r['error']})")
     else:
-        print(f"train {key}: {r['memory_gb_per_image']:.3f} GB per extra image, {r['train_img_s']:.2f} img/s")
+        live = f" (live tensors {r['live_gb_per_image']:.3f} GB)" if r.get("live_gb_per_image") is not None else ""
+        print(f"train {key}: {r['memory_gb_per_image']:.3f} GB per extra image{live}, {r['train_img_s']:.2f} img/s")
 
 
 def _print_table(report: Dict[str, Any], label: str, peers: List[str], batch: int) -> None:

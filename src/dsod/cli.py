@@ -115,8 +115,11 @@ def _floats(v: str) -> tuple:
 
 
 def _augment(v: str) -> str:
-    from .data import augment_mode
-    return augment_mode(v)
+    from .data import AUGMENT_MODES, augment_mode
+    try:
+        return augment_mode(v)
+    except ValueError:
+        raise ValueError(f"choose one of: {', '.join(AUGMENT_MODES)}") from None
 
 
 def _optional(kind):

@@ -161,6 +161,9 @@ PRESETS = {
     "dsod300": DSOD300,
     "dsod512": DSOD512,
     "dsod300-plain": _ablation("dsod300-plain", prediction="plain"),
+    # Spec §1.5, DSOD300_coco.py: min_ratio 15 -> default-box sizes 21/45, 45/99, ... 261/315 px.
+    "dsod300-coco": _ablation("dsod300-coco", anchors=AnchorConfig(size_ratios=(15, 90), first_sizes=(7.0, 15.0),
+                                                                  steps=_SSD300_STEPS)),
     # Spec §1.11: DS/64-64-16-1 with dense prediction = "DSOD300_smallest" (5.9M, 73.6 mAP).
     "dsod300-smallest": _ablation("dsod300-smallest", growth_rate=16, bottleneck_width=64),
     # Small presets for CPUs and embedded devices, in the spirit of Tiny-DSOD (depthwise dense

@@ -122,6 +122,9 @@ class Trainer:
     def __init__(self, args: TrainArgs):
         self.args = args
         self.device = select_device(args.device)
+        if self.device.type == "cpu":
+            from .memory import tune_cpu_allocator
+            tune_cpu_allocator()  # peak RSS near the live tensors (engine/memory.py)
         self.rank, self.world = dist_utils.init(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -511,7 +514,12 @@ def _append_csv(path: Path, row: Dict[str, Any]) -> None:
     keys: List[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".tmp")
+    write_csv(path, rows, keys)
+
+
+def write_csv(path: Path, rows: List[Dict[str, Any]], keys: List[str]) -> None:
+    """Write ``rows`` as CSV through a temporary file and a rename (never a half-written file)."""
+    tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

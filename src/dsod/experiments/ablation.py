@@ -11,7 +11,6 @@ and ``ablation.png`` / ``curves.png``.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import statistics
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from ..engine.trainer import write_csv
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,8 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from ..metrics.evaluator import atomic_write_text
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _claim(lock: Path) -> bool:
@@ -199,11 +199,11 @@ def write_report(out: Path) -> str:
     if not records:
         raise FileNotFoundError(f"no finished runs in {out / 'runs'}; run the ablation first")
     keys = ["variant", "seed", "preset", "params", "seconds", "voc07_map50", "voc_area_map50", "coco_ap", "coco_ap50"]
-    _write_csv(out / "ablation.csv", [{k: r[k] for k in keys} for r in records], keys)
+    write_csv(out / "ablation.csv", [{k: r[k] for k in keys} for r in records], keys)
     summ = summarize(records)
     skeys = ["variant", "label", "preset", "seeds", "params", "voc07_map50_mean", "voc07_map50_std",
              "coco_ap_mean", "coco_ap_std", "seconds_mean"]
-    _write_csv(out / "summary.csv", [{k: s[k] for k in skeys} for s in summ.values()], skeys)
+    write_csv(out / "summary.csv", [{k: s[k] for k in skeys} for s in summ.values()], skeys)
     lines = ["| variant | params | seeds | VOC07 mAP@0.5 (%) mean ± std | runs | COCO AP (%) | s/run |",
              "|---|---|---|---|---|---|---|"]
     for s in summ.values():
@@ -220,15 +220,6 @@ def write_report(out: Path) -> str:
     (out / "summary.md").write_text(md)
     _plot(out, records, summ)
     return md
-
-
-def _write_csv(path: Path, rows: List[Dict[str, Any]], keys: List[str]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _plot(out: Path, records: List[Dict[str, Any]], summ: Dict[str, Dict[str, Any]]) -> None:

@@ -10,16 +10,20 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, make_norm, max_pool_ceil
+from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, max_pool_ceil, recompute_cheap
 
 
 class Stem(nn.Module):
     """DSOD stem: 3x3 s2 (A) -> 3x3 (A) -> 3x3 (2A) -> 2x2 max pool (ceil). ``stem=False`` gives the
     DenseNet input layers the paper's ablation compares against: 7x7 s2 conv (A) -> 3x3 s2 max pool."""
 
-    def __init__(self, channels: int, use_stem: bool, norm: str, decay: float):
+    def __init__(self, channels: int, use_stem: bool, norm: str, decay: float, memory_efficient: bool = False):
         super().__init__()
         self.use_stem = use_stem
+        # memory-efficient: keep only the conv outputs; BN, ReLU and the pooling (with its int64
+        # indices) are recomputed in backward. The stem's full-resolution maps are the largest of the
+        # network (DSOD300: 64/64/128 channels at 150x150).
+        self.memory_efficient = memory_efficient
         if use_stem:
             self.convs = nn.Sequential(
                 ConvNormReLU(3, channels, 3, 2, norm, decay),
@@ -32,6 +36,11 @@ class Stem(nn.Module):
             self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            return recompute_cheap(self._forward, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x)
         if self.use_stem:
             return max_pool_ceil(x)
@@ -79,7 +88,7 @@ class DSODBackbone(nn.Module):
             raise ValueError("block_config needs >= 3 blocks and one transition_pooling flag per block")
         if not (transition_pooling[0] and transition_pooling[1]):
             raise ValueError("the transitions after blocks 1 and 2 must pool (they define stride 8 and 16)")
-        self.stem = Stem(stem_channels, stem, norm, decay)
+        self.stem = Stem(stem_channels, stem, norm, decay, memory_efficient)
         channels = self.stem.out_channels
         self.blocks = nn.ModuleList()
         self.transitions = nn.ModuleList()
@@ -104,7 +113,7 @@ class DSODBackbone(nn.Module):
                 # Memory-efficient: the block's concat and the transition's BN-ReLU are recomputed in
                 # backward (only the transition conv's output is kept), like the dense layers'.
                 conv_out = concat_then(transition.conv, block.forward_features(x))
-                x = max_pool_ceil(conv_out) if transition.pool else conv_out
+                x = recompute_cheap(max_pool_ceil, conv_out) if transition.pool else conv_out
             else:
                 conv_out, x = transition(block(x))
             if i == 1:

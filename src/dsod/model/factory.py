@@ -93,7 +93,7 @@ def build_model(cfg: ModelConfig | str, **overrides) -> DSOD:
     backbone, neck = _build_features(cfg)
     head = DetectionHead(neck.out_channels, anchors_per_location(ratios), cfg.num_classes,
                          depthwise=cfg.depthwise, norm=cfg.norm, eps=cfg.head_bn_eps, decay=cfg.bn_decay,
-                         l2norm_init=cfg.l2norm_init)
+                         l2norm_init=cfg.l2norm_init, memory_efficient=cfg.memory_efficient)
     anchors = default_boxes(cfg.anchors, cfg.image_size, sizes)
     model = DSOD(backbone, neck, head, anchors, config=cfg)
     init_weights(model)

@@ -2,12 +2,13 @@
 BN (eps 1e-3) with learnable gamma/beta and no ReLU."""
 from __future__ import annotations
 
+import functools
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .layers import L2Norm, make_norm
+from .layers import L2Norm, make_norm, recompute_cheap
 
 
 def _head_conv(cin: int, cout: int, depthwise: bool, norm: str, eps: float, decay: float) -> nn.Sequential:
@@ -28,9 +29,13 @@ class DetectionHead(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], anchors_per_location: Sequence[int], num_classes: int,
-                 *, depthwise: bool, norm: str, eps: float, decay: float, l2norm_init: float):
+                 *, depthwise: bool, norm: str, eps: float, decay: float, l2norm_init: float,
+                 memory_efficient: bool = False):
         super().__init__()
         self.num_classes = num_classes
+        # memory-efficient: the L2Norm outputs (inputs of both head convs, as large as the sources)
+        # are recomputed in backward instead of stored; the head conv outputs are kept.
+        self.memory_efficient = memory_efficient
         self.l2norms = nn.ModuleList(L2Norm(c, l2norm_init) for c in in_channels)
         self.loc = nn.ModuleList(
             _head_conv(c, a * 4, depthwise, norm, eps, decay) for c, a in zip(in_channels, anchors_per_location))
@@ -40,10 +45,17 @@ class DetectionHead(nn.Module):
 
     def forward(self, sources: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         locs, confs = [], []
+        recompute = self.memory_efficient and self.training and torch.is_grad_enabled()
         for x, l2, loc, conf in zip(sources, self.l2norms, self.loc, self.conf):
-            x = l2(x)
             n = x.shape[0]
+            branch = functools.partial(_branch, l2, loc, conf)
+            lo, co = recompute_cheap(branch, x) if recompute else branch(x)
             # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K), the Caffe Permute+Flatten order.
-            locs.append(loc(x).permute(0, 2, 3, 1).reshape(n, -1, 4))
-            confs.append(conf(x).permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
+            locs.append(lo.permute(0, 2, 3, 1).reshape(n, -1, 4))
+            confs.append(co.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
         return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
+
+
+def _branch(l2: nn.Module, loc: nn.Module, conf: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    x = l2(x)
+    return loc(x), conf(x)

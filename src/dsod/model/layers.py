@@ -200,6 +200,15 @@ def concat_then(module: nn.Module, features: List[torch.Tensor]) -> torch.Tensor
                       context_fn=_checkpoint_contexts, preserve_rng_state=False)
 
 
+def recompute_cheap(fn, *inputs: torch.Tensor):
+    """``fn(*inputs)`` under the same selective checkpoint as ``concat_then``: convolution outputs are
+    kept, everything else ``fn`` computes (BN, ReLU, pooling and its int64 indices, L2Norm) is
+    recomputed in backward. For the memory-efficient parts outside the dense blocks."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *inputs, use_reentrant=False, context_fn=_checkpoint_contexts, preserve_rng_state=False)
+
+
 def max_pool_ceil(x: torch.Tensor) -> torch.Tensor:
     """Caffe 2x2/2 max pooling rounds up (spec §1.1): 75->38, 19->10, 5->3, 3->2."""
     return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
