@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bccd ablation clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# docs/RESULTS.md: the BCCD recipe (~1 hour on one CPU core) and the CPU-scale ablation (resumable;
+# run `make ablation` once per free core to share the queue).
+SHARED ?= ../shared/data
+bccd: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m dsod train data=$(SHARED)/bccd model=dsod-tiny-bccd augment=light flipud=0.5 \
+	    optimizer=adamw lr=5e-3 weight_decay=0.05 no_decay_norm=true schedule=cosine bn_decay=0.99 \
+	    batch=16 iterations=650 val_interval=65 workers=0 seed=0 name=bccd-recipe exist_ok=true
+	$(PY) -m dsod val data=$(SHARED)/bccd model=runs/bccd-recipe/weights/best.pt \
+	    json=runs/bccd-val/metrics.json name=bccd-val exist_ok=true
+
+ablation: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m dsod.experiments ablation data=$(SHARED)/bccd seeds=0,1,2
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

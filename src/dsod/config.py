@@ -81,7 +81,9 @@ class ModelConfig:
     l2norm_init: float = 20.0  # spec §1.4, all sources
     # Memory-efficient dense blocks (training only): recompute each dense layer's concat + BN + ReLU
     # in backward instead of storing them (torch.utils.checkpoint, convolutions are never re-run).
-    # Same parameters and outputs; DSOD300 training memory per image 0.39 -> 0.18 GB for ~5% time.
+    # Same parameters and outputs; DSOD300 training memory per image 0.39 -> 0.13 GB (peak RSS, with
+    # dsod train's allocator setting) for ~5-8% time (docs/PERFORMANCE.md). Also covers the stem,
+    # the transition pooling and the heads' L2Norm.
     # On in the DSOD300/DSOD512 presets (see below).
     memory_efficient: bool = False
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -105,7 +107,7 @@ class ModelConfig:
 # 450 px), the quirk of the released code that gives 8744 default boxes.
 _SSD300_STEPS = (8, 16, 32, 64, 100, 300)
 # memory_efficient: on for the full-size family (DSOD300, DSOD512 and the presets derived from them),
-# where it halves training memory per image (0.39 -> 0.18 GB at 300 px) for ~5% time; off for the
+# where it cuts training memory per image (0.39 -> 0.13 GB at 300 px) for ~5-8% time; off for the
 # small depthwise presets, whose activations are small anyway (docs/PERFORMANCE.md).
 DSOD300 = ModelConfig(anchors=AnchorConfig(steps=_SSD300_STEPS), memory_efficient=True)
 
