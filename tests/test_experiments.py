@@ -86,7 +86,7 @@ def test_ablation_runs_are_resumable_shareable_and_reported(tmp_path, shared_dat
     (tmp_path / "runs" / "k8-s1.lock").write_text("999999999")  # a dead claimant's lock is taken over
     assert run_one("k8", 1, b, tmp_path) is not None and not (tmp_path / "runs" / "k8-s1.lock").exists()
     md = write_report(tmp_path)
-    assert "growth rate 8" in md and "| 2 |" in md  # two seeds in the summary row
+    assert "growth rate 8" in md and "| 0.21 G | 2 |" in md  # MACs and two seeds in the summary row
     rows = list(csv.DictReader(open(tmp_path / "ablation.csv")))
     assert sorted(r["seed"] for r in rows) == ["0", "1"]
     assert (tmp_path / "ablation.png").stat().st_size > 0 and (tmp_path / "curves.png").stat().st_size > 0

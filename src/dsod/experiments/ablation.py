@@ -183,10 +183,22 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         m, s = _mean_std([r["voc07_map50"] for r in rs])
         cm, cs = _mean_std([r["coco_ap"] for r in rs])
         out[v] = {"variant": v, "label": VARIANTS[v].label, "preset": VARIANTS[v].preset, "seeds": len(rs),
-                  "params": rs[0]["params"], "voc07_map50_mean": m, "voc07_map50_std": s,
+                  "params": rs[0]["params"], "macs": _macs(VARIANTS[v]), "voc07_map50_mean": m, "voc07_map50_std": s,
                   "voc07_map50_runs": [r["voc07_map50"] for r in rs], "coco_ap_mean": cm, "coco_ap_std": cs,
                   "seconds_mean": statistics.fmean(r["seconds"] for r in rs)}
     return out
+
+
+def _macs(v: Variant) -> Optional[float]:
+    """Multiply-accumulates of one forward pass of the DSOD-family variants (None for Faster R-CNN,
+    whose cost depends on the number of proposals)."""
+    if v.kind != "dsod":
+        return None
+    from ..model import build_model
+    from ..model.summary import count_macs
+
+    model = build_model(v.preset, num_classes=4).eval()
+    return float(count_macs(model, model.config.image_size))
 
 
 def _fmt(m: float, s: float) -> str:
@@ -201,14 +213,15 @@ def write_report(out: Path) -> str:
     keys = ["variant", "seed", "preset", "params", "seconds", "voc07_map50", "voc_area_map50", "coco_ap", "coco_ap50"]
     write_csv(out / "ablation.csv", [{k: r[k] for k in keys} for r in records], keys)
     summ = summarize(records)
-    skeys = ["variant", "label", "preset", "seeds", "params", "voc07_map50_mean", "voc07_map50_std",
+    skeys = ["variant", "label", "preset", "seeds", "params", "macs", "voc07_map50_mean", "voc07_map50_std",
              "coco_ap_mean", "coco_ap_std", "seconds_mean"]
     write_csv(out / "summary.csv", [{k: s[k] for k in skeys} for s in summ.values()], skeys)
-    lines = ["| variant | params | seeds | VOC07 mAP@0.5 (%) mean ± std | runs | COCO AP (%) | s/run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | params | MACs | seeds | VOC07 mAP@0.5 (%) mean ± std | runs | COCO AP (%) | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summ.values():
         runs = ", ".join(f"{100 * x:.1f}" for x in s["voc07_map50_runs"])
-        lines.append(f"| {s['label']} (`{s['variant']}`) | {s['params'] / 1e6:.2f} M | {s['seeds']} | "
+        macs = f"{s['macs'] / 1e9:.2f} G" if s["macs"] else "n/a"
+        lines.append(f"| {s['label']} (`{s['variant']}`) | {s['params'] / 1e6:.2f} M | {macs} | {s['seeds']} | "
                      f"{_fmt(s['voc07_map50_mean'], s['voc07_map50_std'])} | {runs} | "
                      f"{_fmt(s['coco_ap_mean'], s['coco_ap_std'])} | {s['seconds_mean']:.0f} |")
     lines += ["", "| question | ours − alternative, mAP@0.5 points (here) | paper (VOC07 test) |", "|---|---|---|"]
