@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, max_pool_ceil, recompute_cheap
+from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, max_pool_ceil, recompute_cheap, wants_recompute
 
 
 class Stem(nn.Module):
@@ -36,7 +36,7 @@ class Stem(nn.Module):
             self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if wants_recompute(self):
             return recompute_cheap(self._forward, x)
         return self._forward(x)
 

@@ -8,7 +8,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import L2Norm, make_norm, recompute_cheap
+from .layers import L2Norm, make_norm, recompute_cheap, wants_recompute
 
 
 def _head_conv(cin: int, cout: int, depthwise: bool, norm: str, eps: float, decay: float) -> nn.Sequential:
@@ -45,7 +45,7 @@ class DetectionHead(nn.Module):
 
     def forward(self, sources: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         locs, confs = [], []
-        recompute = self.memory_efficient and self.training and torch.is_grad_enabled()
+        recompute = wants_recompute(self)
         for x, l2, loc, conf in zip(sources, self.l2norms, self.loc, self.conf):
             n = x.shape[0]
             branch = functools.partial(_branch, l2, loc, conf)

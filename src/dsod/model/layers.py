@@ -173,7 +173,7 @@ class DenseBlock(nn.Module):
 
     def recomputing(self) -> bool:
         """Whether this forward runs the memory-efficient (checkpointed) path."""
-        return self.memory_efficient and self.training and torch.is_grad_enabled()
+        return wants_recompute(self)
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Memory-efficient path: the list [input, new_1, ..., new_L] (never concatenated here), each
@@ -198,6 +198,11 @@ def concat_then(module: nn.Module, features: List[torch.Tensor]) -> torch.Tensor
 
     return checkpoint(functools.partial(_concat_then, module), *features, use_reentrant=False,
                       context_fn=_checkpoint_contexts, preserve_rng_state=False)
+
+
+def wants_recompute(module: nn.Module) -> bool:
+    """Whether a ``memory_efficient`` module should run its checkpointed path in this forward."""
+    return module.memory_efficient and module.training and torch.is_grad_enabled()
 
 
 def recompute_cheap(fn, *inputs: torch.Tensor):
