@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bccd"))
     ap.add_argument("--calib-n", type=int, default=64)
     ap.add_argument("--calib-method", default="minmax")
+    ap.add_argument("--no-reduce-range", action="store_true", help="8-bit weights (see quantize_int8)")
+    ap.add_argument("--keep-fp32", default="", help="comma-separated node-name parts left in float, e.g. /stem/")
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -61,7 +63,8 @@ def main() -> int:
     fp32_path, int8_path = td / "model.onnx", td / "model-int8.onnx"
     export_onnx(fuse_for_inference(model, channels_last=False, mkldnn_fusion=False), fp32_path, size)
     t0 = time.perf_counter()
-    quantize_int8(fp32_path, int8_path, calib, method=a.calib_method)
+    quantize_int8(fp32_path, int8_path, calib, method=a.calib_method, reduce_range=not a.no_reduce_range,
+                  keep_fp32=[k for k in a.keep_fp32.split(",") if k])
     quant_s = time.perf_counter() - t0
     ort32, ort8 = OnnxDetector(fp32_path, threads=threads), OnnxDetector(int8_path, threads=threads)
     fused = fuse_for_inference(model)
@@ -97,6 +100,7 @@ def main() -> int:
     lat = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     report = {"checkpoint": str(a.checkpoint), "model": cfg.name, "image_size": size, "threads": threads,
               "val_images": len(val), "calibration_images": len(calib), "calib_method": a.calib_method,
+              "weight_bits": 8 if a.no_reduce_range else 7, "keep_fp32": a.keep_fp32,
               "quantize_s": quant_s, "voc07_map50": maps, "latency_ms_b1": lat,
               "speedup_vs_eager_fp32": {k: lat["eager_fp32"] / v for k, v in lat.items()},
               "map_change_int8_vs_eager_points": 100 * (maps["onnxruntime_int8"] - maps["eager_fp32"])}

@@ -117,9 +117,11 @@ def test_int8_model_runs_and_detects(exported, bccd_images):
     assert "int8" in str(q.metadata.get("quantization", ""))
     batch, _ = load_batch(str(bccd_images), 4, 160)
     (qb, qs), (fb, fs) = q.predict(batch), f.predict(batch)
-    # the quantised network computes nearly the same scores and boxes as fp32 ...
-    assert np.corrcoef(qs.ravel(), fs.ravel())[0, 1] > 0.99
-    assert np.abs(qs - fs).mean() < 0.01 and np.abs(qb - fb).mean() < 0.005
+    # the quantised network computes nearly the same scores and boxes as fp32. Measured here: mean
+    # |diff| scores 0.0007, boxes 0.0001 with the default 7-bit weights; with 8-bit weights this AVX2
+    # CPU's saturating u8 x s8 kernels make it 0.0019 / 0.0003 (see export.quantize_int8) ...
+    assert np.corrcoef(qs.ravel(), fs.ravel())[0, 1] > 0.9999
+    assert np.abs(qs - fs).mean() < 0.0015 and np.abs(qb - fb).mean() < 0.0002
     # ... and the full pipeline detects: confident, finite boxes with valid class names
     rgb = [read_rgb(p) for p in list_images(bccd_images, limit=2)]
     for g in q.detect(rgb):
@@ -136,3 +138,43 @@ def test_export_errors_are_one_line(tmp_path):
         export_main({"model": "dsod-nano", "format": "tflite"})
     with pytest.raises(ExportError, match="unknown key"):
         export_main({"model": "dsod-nano", "colour": "red"})
+    with pytest.raises(ExportError, match="reduce_range=maybe: expected a boolean"):
+        export_main({"model": "dsod-nano", "int8": "true", "reduce_range": "maybe",
+                     "out": str(tmp_path / "m.onnx"), "verify_n": "1"})
+
+
+def test_exported_graph_keeps_pre_activations_as_depthwise_convs(exported):
+    """The fused graph's pre-activation BN+ReLU over shared inputs exports as depthwise 1x1 Conv + ReLU
+    (ONNX Runtime stays in its blocked layout; int8 gets one QLinearConv), not Mul + Add."""
+    import onnx
+
+    _, tmp = exported
+    g = onnx.load(str(tmp / "best.onnx")).graph
+    backbone = [n for n in g.node if "/backbone/" in n.name or "/neck/" in n.name]
+    assert not [n.name for n in backbone if n.op_type in ("Mul", "Add", "BatchNormalization")]
+
+    def is_affine(n):
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        return n.op_type == "Conv" and a.get("group", 1) > 1 and list(a.get("kernel_shape", [])) == [1, 1]
+    # dsod-nano: one per dense layer (3+4+4+4), one per transition (4), and the neck's reused halves
+    assert sum(map(is_affine, backbone)) >= 19
+    int8 = onnx.load(str(tmp / "best-int8.onnx"))
+    assert "7-bit weights" in {p.key: p.value for p in int8.metadata_props}["quantization"]
+
+
+def test_int8_keeps_named_parts_in_float(exported, bccd_images, tmp_path):
+    import onnx
+
+    from dsod.export import ExportError, quantize_int8
+
+    _, tmp = exported
+    calib, _ = load_batch(str(bccd_images), 2, 160, seed=1)
+    out = quantize_int8(tmp / "best.onnx", tmp_path / "mixed.onnx", calib, keep_fp32=["/stem/"])
+    g = onnx.load(str(out)).graph
+    dq_out = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    stem = [n for n in convs if "/stem/" in n.name]
+    assert stem and not any(i in dq_out for n in stem for i in n.input)          # float weights and input
+    assert all(n.input[1] in dq_out for n in convs if "/blocks." in n.name)      # the rest is int8
+    with pytest.raises(ExportError, match="/stme/ matches no node"):
+        quantize_int8(tmp / "best.onnx", tmp_path / "typo.onnx", calib, keep_fp32=["/stme/"])

@@ -216,7 +216,7 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
             path = workdir / "model-int8.onnx"
             t0 = time.perf_counter()
             quantize_int8(fp32, path, calib)
-            notes = {"graph": "int8 QDQ (static, minmax)", "calibration_images": len(calib),
+            notes = {"graph": "int8 QDQ (static, minmax, 7-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
         det = OnnxDetector(path, threads=torch.get_num_threads())
         return (lambda x: det.predict(x.numpy())), notes
