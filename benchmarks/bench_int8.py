@@ -7,11 +7,18 @@ train images), then on the ``val`` split: VOC07 11-point mAP@0.5 of eager fp32 P
 fp32 and ONNX Runtime int8 (same post-processing: ``PostProcessor`` at score 0.01, NMS 0.45, 200 per
 image, boxes in original pixels), and batch-1 latency of each (plus the fused eager fast path), all
 timed interleaved in one process after warm-up, medians of ``--runs``: use the ratios.
+
+``--profile`` adds ONNX Runtime's own per-node profile (medians over ``--runs``) of the fp32 and int8
+models: time per operator type and per part of the network (stem, each dense layer, transitions,
+neck, heads), the int8/fp32 ratio of each, to see where int8 gains or loses on this CPU.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +40,45 @@ from dsod.onnx_backend import OnnxDetector, preprocess_rgb, read_rgb  # noqa: E4
 from dsod.postprocess import PostProcessor  # noqa: E402
 
 
+def ort_profile(path: Path, x: np.ndarray, runs: int, threads: int) -> dict:
+    """Median kernel time (ms) of each node over ``runs`` profiled runs, summed per operator type and
+    per network part (from the node names the exporter gives, e.g. /model/backbone/blocks.0/layers.3)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        sess.run(None, {"images": x})
+    trace = sess.end_profiling()
+    per_node = collections.defaultdict(list)
+    for e in json.loads(Path(trace).read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[(e["name"][:-len("_kernel_time")], e["args"]["op_name"])].append(e["dur"] / 1e3)
+    os.remove(trace)
+    part = re.compile(r"/model/(backbone/(stem|blocks\.\d+|transitions\.\d+)|neck|head)")
+    ops, parts = collections.Counter(), collections.Counter()
+    for (name, op), durs in per_node.items():
+        t = statistics.median(durs)
+        ops[op] += t
+        m = part.match(name)
+        parts[m.group(1) if m else "other (reorders, casts, post-processing)"] += t
+    return {"total_ms": sum(ops.values()), "ops_ms": dict(ops), "parts_ms": dict(parts)}
+
+
+def print_profiles(fp32: dict, int8: dict) -> None:
+    print(f"ONNX Runtime profile, ms per image: fp32 {fp32['total_ms']:.1f}, int8 {int8['total_ms']:.1f}")
+    for key, title in (("ops_ms", "operator"), ("parts_ms", "network part")):
+        print(f"  {title:42s} {'fp32':>7s} {'int8':>7s}  int8/fp32")
+        names = sorted(set(fp32[key]) | set(int8[key]), key=lambda k: -max(fp32[key].get(k, 0), int8[key].get(k, 0)))
+        for k in names[:16]:
+            a, b = fp32[key].get(k, 0.0), int8[key].get(k, 0.0)
+            print(f"  {k:42s} {a:7.2f} {b:7.2f}  {b / a if a else float('nan'):6.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -44,6 +90,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="ONNX Runtime per-operator / per-part profile")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -104,7 +151,12 @@ def main() -> int:
               "quantize_s": quant_s, "voc07_map50": maps, "latency_ms_b1": lat,
               "speedup_vs_eager_fp32": {k: lat["eager_fp32"] / v for k, v in lat.items()},
               "map_change_int8_vs_eager_points": 100 * (maps["onnxruntime_int8"] - maps["eager_fp32"])}
+    if a.profile:
+        prof = {k: ort_profile(p, calib[:1], a.runs, threads) for k, p in (("fp32", fp32_path), ("int8", int8_path))}
+        report["ort_profile"] = prof
     print(json.dumps(report, indent=2))
+    if a.profile:
+        print_profiles(prof["fp32"], prof["int8"])
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
     return 0

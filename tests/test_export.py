@@ -176,5 +176,5 @@ def test_int8_keeps_named_parts_in_float(exported, bccd_images, tmp_path):
     stem = [n for n in convs if "/stem/" in n.name]
     assert stem and not any(i in dq_out for n in stem for i in n.input)          # float weights and input
     assert all(n.input[1] in dq_out for n in convs if "/blocks." in n.name)      # the rest is int8
-    with pytest.raises(ExportError, match="/stme/ matches no node"):
+    with pytest.raises(ExportError, match="int8_keep_fp32: /stme/ matches no node"):
         quantize_int8(tmp / "best.onnx", tmp_path / "typo.onnx", calib, keep_fp32=["/stme/"])

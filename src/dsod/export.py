@@ -232,7 +232,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: st
         head_nodes = _nodes_after_last_conv(model)
         unmatched = [k for k in keep_fp32 if not any(k in n.name for n in ops)]
         if unmatched:
-            raise ExportError(f"keep_fp32: {', '.join(unmatched)} matches no node (names look like "
+            raise ExportError(f"int8_keep_fp32: {', '.join(unmatched)} matches no node (names look like "
                               f"{ops[0].name if ops else '/model/backbone/stem/stem.0/Conv'})")
         nodes = [n.name for n in ops if n.name not in head_nodes and not any(k in n.name for k in keep_fp32)]
         tmp = out_path.with_name(f".{out_path.name}.tmp")
@@ -323,6 +323,11 @@ def export_main(opts: Dict[str, Any]) -> int:
     fmt = str(opts.get("format", "onnx")).lower()
     if fmt != "onnx":
         raise ExportError(f"format={fmt}: only onnx is supported")
+    # Parse every value before the (slow) export, so a typo fails at once.
+    nms = _bool(opts.get("nms", False), "nms")
+    int8 = _bool(opts.get("int8", False), "int8")
+    rr = _bool(opts.get("reduce_range", True), "reduce_range")
+    keep = [k for k in str(opts.get("int8_keep_fp32") or "").split(",") if k]
     model, meta, default_out = load_model(opts["model"])
     cfg = model.config
     imgsz = int(opts.get("imgsz") or cfg.image_size)
@@ -341,7 +346,6 @@ def export_main(opts: Dict[str, Any]) -> int:
         net = model
     else:
         raise ExportError(f"graph={graph}: valid: fused, plain")
-    nms = _bool(opts.get("nms", False), "nms")
     out = Path(opts.get("out") or default_out)
     t0 = time.perf_counter()
     wrapper = export_onnx(net, out, imgsz, nms=nms, opset=int(opts.get("opset", 17)),
@@ -364,14 +368,12 @@ def export_main(opts: Dict[str, Any]) -> int:
     if diffs["boxes"] > atol or diffs["scores"] > atol:
         raise ExportError(f"ONNX output differs from eager by more than atol={atol}")
 
-    if _bool(opts.get("int8", False), "int8"):
+    if int8:
         calib_src = opts.get("calib") or data
         calib, cwhere = load_batch(calib_src, int(opts.get("calib_n", 64)), imgsz, seed=1)
         q_out = out.with_name(f"{out.stem}-int8.onnx")
         t0 = time.perf_counter()
         method = str(opts.get("calib_method", "minmax"))
-        rr = _bool(opts.get("reduce_range", True), "reduce_range")
-        keep = [k for k in str(opts.get("int8_keep_fp32") or "").split(",") if k]
         quantize_int8(out, q_out, calib, method=method, reduce_range=rr, keep_fp32=keep)
         print(f"quantised {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8 QDQ, {7 if rr else 8}-bit weights, "
               f"{method} calibration on "
