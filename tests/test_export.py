@@ -143,6 +143,19 @@ def test_export_errors_are_one_line(tmp_path):
                      "out": str(tmp_path / "m.onnx"), "verify_n": "1"})
 
 
+def test_export_names_an_unreadable_verification_image(tmp_path, bccd_images):
+    from dsod.export import ExportError
+
+    src = sorted(bccd_images.glob("*.jpg"))[0].read_bytes()
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "ok.jpg").write_bytes(src)
+    (tmp_path / "imgs" / "half.jpg").write_bytes(src[: len(src) // 2])
+    with pytest.raises(ExportError, match=r"half\.jpg: truncated or corrupt image data"):
+        export_main({"model": "dsod-nano", "out": str(tmp_path / "m.onnx"), "data": str(tmp_path / "imgs")})
+    with pytest.raises(FileNotFoundError, match="no image files in this folder"):
+        export_main({"model": "dsod-nano", "out": str(tmp_path / "m.onnx"), "data": str(tmp_path)})
+
+
 def test_exported_graph_keeps_pre_activations_as_depthwise_convs(exported):
     """The fused graph's pre-activation BN+ReLU over shared inputs exports as depthwise 1x1 Conv + ReLU
     (ONNX Runtime stays in its blocked layout; int8 gets one QLinearConv), not Mul + Add."""

@@ -161,7 +161,13 @@ def load_batch(source: Optional[str], n: int, imgsz: int, seed: int = 0) -> Tupl
         files = list_images(src)
         if len(files) > n:  # spread over the set rather than the first n files
             files = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-        return np.stack([preprocess_rgb(read_rgb(f), imgsz) for f in files]), f"{len(files)} images from {src}"
+        from .data.images import ImageError
+
+        try:
+            batch = np.stack([preprocess_rgb(read_rgb(f), imgsz) for f in files])
+        except ImageError as e:
+            raise ExportError(str(e)) from None
+        return batch, f"{len(files)} images from {src}"
     from .synthetic import _draw_image
 
     rng = np.random.default_rng(seed)

@@ -89,9 +89,6 @@ class OnnxDetector:
         return results
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def preprocess_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> (3, size, size) float32 network input: warp-resize (bilinear), BGR, minus
     the mean (104, 117, 123), no std (spec §1.7; the same transform as ``dsod predict``)."""
@@ -106,28 +103,21 @@ def preprocess_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def list_images(source: Union[str, Path], limit: Optional[int] = None) -> List[Path]:
     """Image files of a file, a folder, a glob, or a VOC root (its JPEGImages), sorted."""
-    import glob
+    from .data.images import find_images
 
-    p = Path(str(source)).expanduser()
-    if p.is_dir() and (p / "JPEGImages").is_dir():
-        p = p / "JPEGImages"
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    elif p.is_file():
-        files = [p]
-    else:
-        files = sorted(Path(f) for f in glob.glob(str(source), recursive=True)
-                       if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{source}: no images found")
+    files = find_images(source)
     return files[:limit] if limit else files
 
 
 def read_rgb(path: Union[str, Path]) -> np.ndarray:
-    from PIL import Image, ImageOps
+    """Upright RGB uint8, decoded as in training (``dsod.data.images.load_image``); a one-line
+    ``ImageError`` for an unusable file."""
+    from .data.images import ImageError, load_image
 
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    try:
+        return load_image(path)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
 
 
 def _maybe_json(v: str):

@@ -9,7 +9,6 @@ Boxes are xyxy in the original image's pixels (the warp-resize is undone), for a
 """
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .config import PIXEL_MEAN_BGR
-from .data.images import ImageError, is_image_file, load_image
+from .data.images import ImageError, find_images, load_image
+from .onnx_backend import preprocess_rgb
 from .postprocess import PostProcessor
 
 Source = Union[str, Path, np.ndarray, Image.Image]
@@ -30,21 +29,10 @@ class PredictError(Exception):
 
 def resolve_source(source: Union[str, Path]) -> List[Path]:
     """A file, a folder (its images, sorted) or a glob pattern -> image paths."""
-    s = str(source)
-    p = Path(s).expanduser()
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if is_image_file(f))
-        if not files:
-            raise PredictError(f"source={s}: no image files in this folder")
-        return files
-    if p.is_file():
-        return [p]
-    if any(ch in s for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if is_image_file(f))
-        if not files:
-            raise PredictError(f"source={s}: the pattern matches no images")
-        return files
-    raise PredictError(f"source={s}: no such file or folder")
+    try:
+        return find_images(source)
+    except FileNotFoundError as e:
+        raise PredictError(f"source={e}") from None
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -58,10 +46,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> network input (3, size, size): warp-resize (bilinear), BGR, minus the
-    mean (spec §1.7 test transform)."""
-    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.float32)
-    bgr = resized[:, :, ::-1] - np.asarray(PIXEL_MEAN_BGR, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1)
+    mean (spec §1.7 test transform; the same function as the ONNX backend's)."""
+    return torch.from_numpy(preprocess_rgb(rgb, size))
 
 
 class Detector:

@@ -12,9 +12,10 @@ Decoding is PIL's. What we normalise, and why:
 """
 from __future__ import annotations
 
+import glob
 import warnings
 from pathlib import Path
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +38,28 @@ class ImageError(Exception):
 
 def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(source: PathLike) -> List[Path]:
+    """A file, a folder (its images, sorted; a VOC root: its ``JPEGImages``) or a glob pattern -> image
+    paths (``dsod predict``, ``dsod export``). ``FileNotFoundError`` with a one-line reason if none."""
+    s = str(source)
+    p = Path(s).expanduser()
+    if p.is_dir() and (p / "JPEGImages").is_dir():
+        p = p / "JPEGImages"
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if is_image_file(f))
+        if not files:
+            raise FileNotFoundError(f"{s}: no image files in this folder")
+        return files
+    if p.is_file():
+        return [p]
+    if any(ch in s for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if is_image_file(f))
+        if not files:
+            raise FileNotFoundError(f"{s}: the pattern matches no images")
+        return files
+    raise FileNotFoundError(f"{s}: no such file or folder")
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
