@@ -191,3 +191,13 @@ def test_int8_keeps_named_parts_in_float(exported, bccd_images, tmp_path):
     assert all(n.input[1] in dq_out for n in convs if "/blocks." in n.name)      # the rest is int8
     with pytest.raises(ExportError, match="int8_keep_fp32: /stme/ matches no node"):
         quantize_int8(tmp / "best.onnx", tmp_path / "typo.onnx", calib, keep_fp32=["/stme/"])
+
+
+def test_int8_isa_flags_are_read_from_cpuinfo():
+    from dsod.export import int8_bf16_isa
+
+    zen1 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    sapphire = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8\n"
+    assert int8_bf16_isa(zen1) == []
+    assert int8_bf16_isa(sapphire) == ["avx512_vnni", "amx_int8", "avx512_bf16", "amx_bf16"]
+    assert int8_bf16_isa("no flags line") is None

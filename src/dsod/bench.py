@@ -56,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .export import int8_bf16_isa
+
 PEERS = ("ssd300_vgg16", "ssdlite320")
 DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8")
 ALL_BACKENDS = ("eager", "eager-cl", "fused", "fused-nchw", "onnxruntime", "onnxruntime-int8", "bf16")
@@ -426,6 +428,7 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
           f"{threads} threads; {runs} runs after 2 warm-ups; batch 1 and {batch}")
     report: Dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+                    "int8_bf16_isa": int8_bf16_isa(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "settings": {"model": name, "compare": peers, "backends": backends, "batch": batch, "runs": runs,

@@ -195,6 +195,22 @@ def verify(wrapper: nn.Module, onnx_path: Path, batch: np.ndarray, threads: Opti
 
 
 # ------------------------------------------------------------------------------- quantisation
+INT8_BF16_ISA = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
+
+
+def int8_bf16_isa(cpuinfo: Optional[str] = None) -> Optional[List[str]]:
+    """The CPU's int8 dot-product / bf16 instruction sets (``INT8_BF16_ISA``) from ``/proc/cpuinfo``,
+    or None where that is unknown (not Linux x86). Without any of them int8 and bf16 cannot beat fp32
+    on the convolutions (docs/PERFORMANCE.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), None)
+    return None if flags is None else [f for f in INT8_BF16_ISA if f in flags]
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
     """ONNX Runtime static quantisation (QDQ): int8 per-channel weights, uint8 activations, calibrated on
@@ -384,6 +400,10 @@ def export_main(opts: Dict[str, Any]) -> int:
         print(f"quantised {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8 QDQ, {7 if rr else 8}-bit weights, "
               f"{method} calibration on "
               f"{cwhere}) in {time.perf_counter() - t0:.1f} s")
+        isa = int8_bf16_isa()
+        if isa == []:
+            print("note: this CPU has no int8 dot-product instructions (VNNI/AMX): here the int8 model runs no "
+                  "faster than the fp32 ONNX model; ship best.onnx for it (docs/PERFORMANCE.md)")
         qd = verify(ref, q_out, batch, threads)
         print(f"int8 vs eager on {where}: max |diff| boxes {qd['boxes']:.3f}, scores {qd['scores']:.3f} "
               "(quantisation error; see docs/PERFORMANCE.md for speed and mAP)")
