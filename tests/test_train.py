@@ -77,11 +77,17 @@ def test_interrupt_leaves_a_loadable_checkpoint(bccd_same_split, tmp_path):
     cmd = [sys.executable, "-m", "dsod", "train", f"data={bccd_same_split}", "model=dsod-nano", "batch=2",
            "iterations=500", "workers=0", "val=false", "plots=false", "progress=false", f"project={tmp_path}",
            "name=int", "save_interval=1", "max_images=8", "device=cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # One OpenMP thread: with two on a loaded 2-core machine, per-op barriers wait for a descheduled
+    # thread and an iteration (after which the SIGINT is honoured) could take minutes.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     last = tmp_path / "int" / "weights" / "last.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    if not last.exists():
+        proc.kill()
+        pytest.fail(f"no checkpoint within 180 s (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
