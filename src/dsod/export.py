@@ -402,8 +402,8 @@ def export_main(opts: Dict[str, Any]) -> int:
               f"{cwhere}) in {time.perf_counter() - t0:.1f} s")
         isa = int8_bf16_isa()
         if isa == []:
-            print("note: this CPU has no int8 dot-product instructions (VNNI/AMX): here the int8 model runs no "
-                  "faster than the fp32 ONNX model; ship best.onnx for it (docs/PERFORMANCE.md)")
+            print(f"note: this CPU has no int8 dot-product instructions (VNNI/AMX): here the int8 model runs no "
+                  f"faster than the fp32 ONNX model; ship {out.name} for it (docs/PERFORMANCE.md)")
         qd = verify(ref, q_out, batch, threads)
         print(f"int8 vs eager on {where}: max |diff| boxes {qd['boxes']:.3f}, scores {qd['scores']:.3f} "
               "(quantisation error; see docs/PERFORMANCE.md for speed and mAP)")
