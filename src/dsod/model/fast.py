@@ -99,7 +99,8 @@ class PreAct(nn.Module):
             # Conv+ReLU and keeps the whole backbone in its blocked NCHWc layout (a Mul/Add forces a
             # reorder back to NCHW around every dense layer), and the int8 model gets one QLinearConv
             # with the ReLU in its output clamp instead of QLinearMul + QLinearAdd. Measured on the BCCD
-            # model, one thread: ORT fp32 51.3 -> 44.7 ms, int8 54.5 -> 51.7 ms (docs/PERFORMANCE.md).
+            # model, one thread: ORT fp32 58.2 -> 51.4 ms, int8 63.2 -> 59.6 ms (docs/PERFORMANCE.md).
+            # Eager PyTorch keeps addcmul: there oneDNN's depthwise 1x1 conv measured ~3x slower.
             c = self.scale.shape[1]
             return F.relu(F.conv2d(x, self.scale.reshape(c, 1, 1, 1), self.shift.reshape(c), groups=c))
         return torch.addcmul(self.shift, x, self.scale).relu_()
