@@ -219,10 +219,11 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: st
     ``reduce_range`` (default on) quantises weights to 7 bits. On x86 CPUs without VNNI (AVX2, and
     AVX-512 without VNNI) ONNX Runtime's u8 x s8 kernels use ``vpmaddubsw``, which adds two u8*s8
     products into a *saturating* int16; the first convolution (image input, BN folded into few large
-    weights) overflows it. Measured on the BCCD recipe model: VOC07 mAP 86.87 fp32 -> 84.63 int8 with
-    8-bit weights, 86.94 with 7-bit weights (keeping only the first conv in fp32 gave 86.98: the loss was
-    that layer's saturation); no measurable speed cost here. ONNX Runtime's quantisation docs give the
-    same remedy. On CPUs with VNNI/AMX there is no saturation: ``reduce_range=False`` keeps 8 bits.
+    weights) overflows it. Measured on the BCCD recipe model (``benchmarks/bench_int8.py``): VOC07 mAP
+    86.87 fp32 -> 85.01 int8 with 8-bit weights, 86.85 with 7-bit weights; 8-bit with only the first conv
+    in float 87.02, so the loss was that layer's saturation. No measurable speed cost here. ONNX
+    Runtime's quantisation docs give the same remedy. On CPUs with VNNI/AMX there is no saturation:
+    ``reduce_range=False`` keeps 8 bits.
 
     ``keep_fp32``: node-name substrings (e.g. ``/stem/``) left in float (mixed precision; how the
     sensitivity of each part was measured, docs/PERFORMANCE.md)."""

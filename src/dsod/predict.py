@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .data.images import ImageError, find_images, load_image
+from .data.images import ImageError, find_images
 from .onnx_backend import preprocess_rgb
+from .onnx_backend import read_rgb as onnx_read_rgb
 from .postprocess import PostProcessor
 
 Source = Union[str, Path, np.ndarray, Image.Image]
@@ -28,7 +29,7 @@ class PredictError(Exception):
 
 
 def resolve_source(source: Union[str, Path]) -> List[Path]:
-    """A file, a folder (its images, sorted) or a glob pattern -> image paths."""
+    """A file, a folder (its images, sorted; a VOC root: its JPEGImages) or a glob -> image paths."""
     try:
         return find_images(source)
     except FileNotFoundError as e:
@@ -36,12 +37,12 @@ def resolve_source(source: Union[str, Path]) -> List[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode to RGB uint8 with EXIF orientation applied (``dsod.data.images``, the same decoder as
-    training); one-line error for unusable files."""
+    """Decode to RGB uint8 with EXIF orientation applied (the ONNX backend's reader, the same decoder
+    as training); one-line error naming the file for unusable files."""
     try:
-        return load_image(path)
+        return onnx_read_rgb(path)
     except ImageError as e:
-        raise PredictError(f"{path}: {e}") from None
+        raise PredictError(str(e)) from None
 
 
 def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
