@@ -19,6 +19,7 @@ from dsod.data import (
     load_dataset,
     train_transform,
 )
+from dsod.data.transforms import reference_train_transform
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +109,7 @@ def test_photometric_distort_follows_caffe_semantics():
 
 
 def test_zoom_out_fills_with_the_pixel_mean():
-    zoom = next(t for t in train_transform(300).transforms if isinstance(t, v2.RandomZoomOut))
+    zoom = next(t for t in reference_train_transform(300).transforms if isinstance(t, v2.RandomZoomOut))
     zoom.p = 1.0
     torch.manual_seed(3)
     image, target = sample(value=(0, 0, 0))

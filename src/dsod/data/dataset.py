@@ -17,6 +17,11 @@ must not stop a run: ``__getitem__`` reports the file once (``warnings.warn``), 
 record instead (index + 1, + 2, ... wrapping around), listing what it skipped in ``target["skipped"]``
 so the training loop can count them. Only a dataset with no decodable image at all raises.
 
+**Reduced-size decoding.** A transform with ``plan``/``decode_size``/``render`` (``augment.SSDAugment``,
+what ``train_transform`` returns for "ssd" and "light") draws its random geometry on the record's
+boxes first; the image is then decoded only as large as that geometry needs (a JPEG at 1/2, 1/4 or
+1/8 scale, ``images.load_image(min_size=...)``) and rendered. ``orig_size`` stays the record's size.
+
 **Reproducibility.** A key may be an index or ``(index, seed)``: with a seed the transform runs under
 ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the transforms draw only from torch's
 RNG). ``build_dataloader`` feeds such keys: the seed of the sample at position p of epoch e is drawn
@@ -70,27 +75,48 @@ class DetectionDataset(Dataset):
                 continue
             rec = self.records[i]
             try:
-                pixels = load_image(rec.path, self.max_pixels)
+                if hasattr(self.transform, "render"):  # plan -> reduced-size decode -> render
+                    image, target = self._seeded(seed, self._planned, rec)
+                else:
+                    pixels = load_image(rec.path, self.max_pixels)
+                    image, target = self._seeded(seed, self._sample, rec, pixels)
             except ImageError as e:
                 msg = f"{rec.path}: {e}; skipped, using the next image"
                 self.skipped[i] = msg
                 skipped.append(msg)
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
                 continue
-            if seed is None:
-                image, target = self._sample(rec, pixels)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image, target = self._sample(rec, pixels)
             target.update(image_id=rec.image_id, orig_size=(int(rec.height), int(rec.width)), index=i,
                           skipped=skipped)
             return image, target
         first = skipped[0] if skipped else "-"
         raise DatasetError(f"none of the {n} images could be decoded (first: {first})")
 
+    @staticmethod
+    def _seeded(seed: Optional[int], fn: Callable, *args):
+        if seed is None:
+            return fn(*args)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fn(*args)
+
+    def _planned(self, rec: ImageRecord) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """``augment.SSDAugment``: its random geometry is drawn on the record's boxes first, so the
+        image is decoded only as large as that geometry needs (``load_image(min_size=...)``); the
+        transform maps the record's coordinates onto the decoded pixels by the ratio of the sizes
+        (which also covers a file that changed size since the records were read)."""
+        target = self.record_target(rec, int(rec.height), int(rec.width))
+        plan = self.transform.plan(target)
+        pixels = load_image(rec.path, self.max_pixels, min_size=self.transform.decode_size(plan))
+        return self.transform.render(_chw(pixels), plan)
+
     def _sample(self, rec: ImageRecord, pixels: np.ndarray) -> Tuple[torch.Tensor, Dict[str, Any]]:
         h, w = pixels.shape[:2]
+        return self.transform(tv_tensors.Image(_chw(pixels)), self.record_target(rec, h, w))
+
+    def record_target(self, rec: ImageRecord, h: int, w: int) -> Dict[str, Any]:
+        """The target a transform receives: the record's boxes (``BoundingBoxes`` scaled to an image
+        of (h, w)), labels, flags; crowd boxes dropped for training."""
         boxes = np.asarray(rec.boxes, dtype=np.float32).reshape(-1, 4)
         labels, difficult, iscrowd = rec.labels, rec.difficult, rec.iscrowd
         if self.train and len(iscrowd) and iscrowd.any():
@@ -98,8 +124,6 @@ class DetectionDataset(Dataset):
             boxes, labels, difficult, iscrowd = boxes[keep], labels[keep], difficult[keep], iscrowd[keep]
         if (w, h) != (rec.width, rec.height):  # the file changed since it was read: rescale its boxes
             boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, dtype=np.float32)
-        # contiguous CHW: the v2 kernels are an order of magnitude slower on a strided HWC view
-        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
         target: Dict[str, Any] = {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes.copy()), format="XYXY",
                                               canvas_size=(h, w)),
@@ -108,7 +132,12 @@ class DetectionDataset(Dataset):
         }
         if not self.train:
             target["iscrowd"] = torch.as_tensor(iscrowd, dtype=torch.bool)
-        return self.transform(image, target)
+        return target
+
+
+def _chw(pixels: np.ndarray) -> torch.Tensor:
+    # contiguous CHW: the v2 kernels are an order of magnitude slower on a strided HWC view
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]

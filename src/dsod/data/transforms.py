@@ -6,7 +6,7 @@ original pixels, ``target`` a dict with ``boxes`` (``tv_tensors.BoundingBoxes`` 
 float32 (3, S, S) **BGR, 0-255 minus the mean (104, 117, 123), no std** (spec §1.1), and the target
 with ``boxes`` a float32 (G, 4) xyxy tensor **normalised to [0, 1] of the network input**.
 
-Training pipeline, in SSD Caffe's order (spec §1.8: distort -> expand -> batch-sampler crop -> resize
+Training pipeline (``reference_train_transform``), in SSD Caffe's order (spec §1.8: distort -> expand -> batch-sampler crop -> resize
 -> mirror); the image stays uint8, as in Caffe where every step saturates an 8-bit ``cv::Mat``:
 
 1. ``SSDPhotometricDistort`` (hand-written, see its docstring for why not v2.RandomPhotometricDistort)
@@ -27,6 +27,11 @@ Training pipeline, in SSD Caffe's order (spec §1.8: distort -> expand -> batch-
 
 Negatives (no boxes) pass through every step (the crop keeps the whole image, as in Caffe where the
 IoU-constrained samplers cannot be satisfied without a ground truth box).
+
+``train_transform`` returns ``augment.SSDAugment`` for "ssd" and "light": the same random draws,
+geometry and boxes as these steps, with the pixels resized before the (per-pixel) distortion and,
+in ``DetectionDataset``, JPEGs decoded at reduced size (issue 12: data loading must not be the
+bottleneck); the output equals this pipeline's up to resampling (tests/test_data_speed.py).
 
 Randomness comes only from torch's global RNG (like every v2 built-in), so seeding torch per sample
 (``dataset.DetectionDataset`` with ``(index, seed)`` keys, ``engine.sampler.SeededDataset``) makes the
@@ -148,8 +153,10 @@ class SSDBatchSamplerCrop(v2.RandomIoUCrop):
         self.max_trials = max_trials
 
     def make_params(self, flat_inputs: list) -> Dict[str, Any]:
-        h, w = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image)).shape[-2:]
         boxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
+        # the boxes' canvas is the image's size (v2 keeps them in step); reading it from the boxes
+        # lets augment.SSDAugment draw the crop from the boxes alone, before any pixel is decoded
+        h, w = boxes.canvas_size
         xyxy = F.convert_bounding_box_format(boxes.as_subclass(torch.Tensor), old_format=boxes.format,
                                              new_format=tv_tensors.BoundingBoxFormat.XYXY).to(torch.float64)
         if xyxy.numel() == 0:
@@ -251,7 +258,22 @@ def augment_mode(value) -> str:
 
 
 def train_transform(size=300, seed: Optional[int] = None, mode: str = "ssd", flipud: float = 0.0):
-    """The training augmentation to a warp-resized ``size`` (int or (h, w)) input.
+    """The training augmentation to a warp-resized ``size`` (int or (h, w)) input: the recipe of
+    ``reference_train_transform`` (below) for "ssd" and "light", computed by ``augment.SSDAugment``
+    (same random draws, geometry and boxes; pixels rendered at the output size and, in
+    ``DetectionDataset``, decoded at reduced size: 5-40x faster, equal up to resampling). "none" is
+    the reference's warp-resize."""
+    mode = augment_mode(mode)
+    if mode == "none":
+        return reference_train_transform(size, seed, mode, flipud)
+    from .augment import SSDAugment  # augment imports this module's steps
+    t = SSDAugment(size, mode=mode, flipud=flipud)
+    return SeededTransform(t, seed) if seed is not None else t
+
+
+def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = "ssd", flipud: float = 0.0):
+    """The training augmentation, step by step in Caffe's order on full-size pixels (the definition
+    ``train_transform`` is tested against, and the "before" of ``benchmarks/bench_data.py``).
 
     ``mode``: "ssd" is the SSD Caffe recipe above (spec §1.8). "light" is ours, for short CPU runs on
     small datasets whose objects are already small (measured on BCCD, docs/RESULTS.md): photometric
