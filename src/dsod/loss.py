@@ -14,10 +14,11 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from .box_coder import encode
 from .boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
-from .matching import match
+from .matching import match_many
 
 
 class MultiBoxLoss(nn.Module):
@@ -48,26 +49,32 @@ class MultiBoxLoss(nn.Module):
     def build_targets(self, targets: Sequence[Dict[str, torch.Tensor]], anchors_cxcywh: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns cls_targets (N, A) int64 (0 = background), loc_targets (N, A, 4) (valid where
-        positive) and a negative-candidate mask (N, A)."""
+        positive) and a negative-candidate mask (N, A).
+
+        The whole batch is matched at once (``match_many``), with no host synchronisation; per
+        image the result is that of ``match``."""
         anchors_xyxy = cxcywh_to_xyxy(anchors_cxcywh)
-        cls_t, loc_t, cand = [], [], []
-        for t in targets:
-            boxes = t["boxes"].to(anchors_cxcywh)
-            labels = t["labels"].to(anchors_cxcywh.device)
-            matched, max_iou = match(box_iou(boxes, anchors_xyxy), self.iou_threshold)
-            pos = matched >= 0
-            safe = matched.clamp(min=0)
-            cls = torch.where(pos, labels[safe] + 1, torch.zeros_like(matched)) if len(boxes) else \
-                torch.zeros_like(matched)
-            if len(boxes):
-                loc = encode(xyxy_to_cxcywh(boxes[safe]), anchors_cxcywh, self.variances)
-                loc = torch.where(pos[:, None], loc, torch.zeros_like(loc))
-            else:
-                loc = torch.zeros_like(anchors_cxcywh)
-            cls_t.append(cls)
-            loc_t.append(loc)
-            cand.append(~pos & (max_iou < self.neg_overlap))
-        return torch.stack(cls_t), torch.stack(loc_t), torch.stack(cand)
+        n, num_anchors = len(targets), anchors_cxcywh.shape[0]
+        device = anchors_cxcywh.device
+        num_gt = max((len(t["boxes"]) for t in targets), default=0)  # Python ints from shapes
+        if num_gt == 0:
+            return (torch.zeros(n, num_anchors, dtype=torch.long, device=device),
+                    anchors_cxcywh.new_zeros(n, num_anchors, 4),
+                    anchors_cxcywh.new_zeros(n, num_anchors) < self.neg_overlap)  # best IoU 0: a candidate
+        boxes = [t["boxes"].to(anchors_cxcywh).reshape(-1, 4) for t in targets]
+        counts = [len(b) for b in boxes]
+        # one IoU for the whole batch, split into per-image views (no padding rows to scan)
+        ious = box_iou(torch.cat(boxes), anchors_xyxy).split(counts)
+        matched, max_iou = match_many(ious, self.iou_threshold)
+        pos = matched >= 0
+        safe = matched.clamp(min=0)
+        # each default box's ground truth, gathered from the padded (N, G) / (N, G, 4) batch
+        labels = pad_sequence([t["labels"].to(device, torch.long).reshape(-1) for t in targets], batch_first=True)
+        cls = torch.where(pos, labels.gather(1, safe) + 1, torch.zeros_like(matched))
+        gt = pad_sequence(boxes, batch_first=True).gather(1, safe[:, :, None].expand(n, num_anchors, 4))
+        loc = encode(xyxy_to_cxcywh(gt), anchors_cxcywh, self.variances)
+        loc = torch.where(pos[:, :, None], loc, torch.zeros_like(loc))
+        return cls, loc, ~pos & (max_iou < self.neg_overlap)
 
     def forward(self, bbox_regression: torch.Tensor, cls_logits: torch.Tensor,
                 targets: List[Dict[str, torch.Tensor]], anchors_cxcywh: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -77,18 +84,27 @@ class MultiBoxLoss(nn.Module):
         num_pos = num_pos_per_image.sum()
         normaliser = num_pos.clamp(min=1).to(bbox_regression.dtype)
 
-        loc_loss = F.smooth_l1_loss(bbox_regression.float()[pos], loc_targets[pos], reduction="sum")
+        # Sums over masks via torch.where, not boolean indexing (``x[pos]`` needs the count of True
+        # on the host: a GPU synchronisation per step). Non-positive predictions are replaced by
+        # their target, so they add exactly 0 and get exactly zero gradient, as before; only the
+        # order of the float summation differs from summing the selected elements.
+        pred = torch.where(pos[:, :, None], bbox_regression.float(), loc_targets)
+        loc_loss = F.smooth_l1_loss(pred, loc_targets, reduction="sum")
 
         ce = F.cross_entropy(cls_logits.float().flatten(0, 1), cls_targets.flatten(), reduction="none")
         ce = ce.view_as(cls_targets)
         # Hard negative mining: rank candidates by their (background) confidence loss per image and
-        # keep the top neg_pos_ratio * num_pos of them (double argsort gives each box its rank).
+        # keep the top neg_pos_ratio * num_pos of them. The rank of each box is the inverse of the
+        # sort permutation (a scatter; the same result as the argsort of the argsort, in O(A)).
+        # stable: equal losses keep box order, so CPU and CUDA pick the same negatives.
         with torch.no_grad():
             neg_loss = torch.where(candidates, ce, torch.full_like(ce, -float("inf")))
-            rank = neg_loss.argsort(dim=1, descending=True).argsort(dim=1)
+            order = neg_loss.argsort(dim=1, descending=True, stable=True)
+            arange = torch.arange(ce.shape[1], device=ce.device).expand_as(order)
+            rank = torch.empty_like(order).scatter_(1, order, arange)
             num_neg = torch.minimum(self.neg_pos_ratio * num_pos_per_image, candidates.sum(dim=1))
             neg = rank < num_neg[:, None]
-        conf_loss = ce[pos | neg].sum()
+        conf_loss = torch.where(pos | neg, ce, torch.zeros_like(ce)).sum()
 
         loss_loc = self.loc_weight * loc_loss / normaliser
         loss_conf = conf_loss / normaliser

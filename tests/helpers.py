@@ -1,0 +1,96 @@
+"""Shared test helpers (imported as ``from helpers import ...``: pytest puts tests/ on sys.path).
+
+Float comparisons between results of *different* kernels or processes (eager vs fused, PyTorch vs
+ONNX Runtime, one process vs DDP) use a tolerance relative to each tensor's norm: the summation
+order of a reduction differs between CPUs (AVX2 vs AVX-512 kernels, oneDNN's blocking, the number of
+processes), so single elements near zero can differ by far more than an element-wise ``rtol`` while
+the tensor as a whole agrees to float precision. A real bug (a wrong BN statistic, a missing
+layer) moves the whole tensor by much more than ``tol``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x
+
+
+def rel_error(a, b) -> float:
+    """||a - b|| / max(||a||, ||b||, tiny), in float64 (0 for two zero tensors)."""
+    a, b = _as_tensor(a).detach().double().cpu(), _as_tensor(b).detach().double().cpu()
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    scale = max(a.norm().item(), b.norm().item(), 1e-30)
+    return (a - b).norm().item() / scale
+
+
+def norm_close(a, b, tol: float = 1e-4) -> bool:
+    """``||a - b|| <= tol * max(||a||, ||b||)``: the cross-CPU safe form of ``allclose``."""
+    return rel_error(a, b) <= tol
+
+
+def assert_norm_close(a, b, tol: float = 1e-4, msg: str = "") -> None:
+    err = rel_error(a, b)
+    assert err <= tol, f"{msg + ': ' if msg else ''}relative error {err:.3g} > {tol:g}"
+
+
+_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "item")
+_INDEX_OPS = ("index.Tensor", "index_put", "_index_put_impl_")
+
+
+class _SyncRecorder(TorchDispatchMode):
+    """Records every ATen call that needs a tensor's value on the host: ``.item()`` / ``int()`` /
+    ``bool()`` (``_local_scalar_dense``, ``is_nonzero``), ``nonzero`` and ``masked_select``, and
+    indexing with a boolean mask (which runs ``nonzero`` inside). On a GPU each is a
+    host-device synchronisation; on the CPU this makes them visible to a test."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.name()).split("::")[-1]
+        base = name.split(".")[0]
+        if base in _SYNC_OPS:
+            self.calls.append(name)
+        elif name in _INDEX_OPS or base in _INDEX_OPS:
+            flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else [a])]
+            if any(torch.is_tensor(x) and x.dtype == torch.bool for x in flat):
+                self.calls.append(f"{name} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def assert_no_host_sync():
+    """Fails if the block calls an operation that reads a tensor's value on the host."""
+    rec = _SyncRecorder()
+    with rec:
+        yield rec
+    assert rec.calls == [], f"host synchronisations: {rec.calls}"
+
+
+def reference_match(iou: torch.Tensor, threshold: float = 0.5):
+    """The matcher ``dsod.matching`` had before it became synchronisation-free, kept as the oracle:
+    one host round trip per ground truth (``int(argmax)``, ``if work[g, a] <= 1e-6: break``).
+    Caffe's MatchBBox, ties to the first pair in (ground truth, box) row-major order."""
+    num_gt, num_anchors = iou.shape
+    matched = torch.full((num_anchors,), -1, dtype=torch.long)
+    if num_gt == 0:
+        return matched, iou.new_zeros(num_anchors)
+    max_iou, best_gt = iou.max(dim=0)
+    work = iou.clone()
+    for _ in range(num_gt):
+        flat = int(work.argmax())
+        g, a = divmod(flat, num_anchors)
+        if work[g, a] <= 1e-6:
+            break
+        matched[a] = g
+        work[g, :] = -1.0
+        work[:, a] = -1.0
+    extra = (matched < 0) & (max_iou >= threshold)
+    matched[extra] = best_gt[extra]
+    return matched, max_iou
