@@ -122,6 +122,15 @@ def _augment(v: str) -> str:
         raise ValueError(f"choose one of: {', '.join(AUGMENT_MODES)}") from None
 
 
+def _precise_bn(v: str):
+    from .engine.trainer import TrainingError, precise_bn_images
+    try:
+        precise_bn_images(v)
+    except TrainingError:
+        raise ValueError("use auto, false or a number of images") from None
+    return v
+
+
 def _optional(kind):
     def parse(v: str):
         return None if v.lower() in ("none", "null", "") else kind(v)
@@ -147,6 +156,8 @@ def _train_options() -> Dict[str, Option]:
         "flipud": "vertical-flip probability (micrographs, aerial)", "optimizer": "sgd (the paper's) or adamw",
         "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
         "max_images": "use only the first N images of each split",
+        "precise_bn": "re-estimate BN statistics on N augmented training images before each evaluation "
+                      "and checkpoint (auto: 256; false: off)",
     }
     types = {
         "data": _optional(str), "model": str, "weights": _optional(str), "resume": _optional(str),
@@ -157,6 +168,7 @@ def _train_options() -> Dict[str, Option]:
         "max_bad_steps": _positive_int, "bn_decay": _optional(_float_range(0, 1)), "workers": int, "seed": int, "exist_ok": _bool,
         "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,
         "plots": _bool, "progress": _bool, "max_images": _optional(_positive_int), "stop_at": _optional(_positive_int),
+        "precise_bn": _precise_bn,
     }
     choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"], "optimizer": ["sgd", "adamw"]}
     opts = {}

@@ -31,11 +31,31 @@ from .checkpoint import (build_from_checkpoint, config_from_dict, load_checkpoin
                          save_checkpoint, set_rng_state)
 from .evaluate import autocast_context, run_evaluation
 from .optim import build_optimizer, lr_lambda
+from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
 from .sampler import ResumableBatchSampler
 
 
 class TrainingError(Exception):
     """A user-facing training failure (one line)."""
+
+
+PRECISE_BN_IMAGES = 256  # docs/RESULTS.md "BN statistics": enough for the estimate to stop moving
+
+
+def precise_bn_images(value: Any) -> int:
+    """Normalise a ``precise_bn`` setting to a number of images (0: off)."""
+    low = str(value).strip().lower()
+    if low in ("auto", "true", "yes", "on"):
+        return PRECISE_BN_IMAGES
+    if low in ("false", "no", "off", "none", "0"):
+        return 0
+    try:
+        n = int(low)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise TrainingError(f"precise_bn={value} is not valid; use auto, false or a number of images")
+    return n
 
 
 @dataclass
@@ -67,6 +87,10 @@ class TrainArgs:
     # BN running-average decay; default: the model's (Caffe's 0.999). Short runs want less (e.g. 0.99):
     # the bias-corrected average then forgets the first iterations' very different statistics.
     bn_decay: Optional[float] = None
+    # Re-estimate the BN statistics for the current weights on this many augmented training images
+    # before every evaluation and every best.pt/last.pt written with it (engine/precise_bn.py);
+    # "auto": PRECISE_BN_IMAGES; 0 or false: off (the running average is saved as is).
+    precise_bn: Any = "auto"
     amp: bool = True  # float16 autocast + GradScaler on CUDA (ignored on CPU)
     bf16: bool = False  # bfloat16 autocast (CPU or CUDA)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -221,6 +245,7 @@ class Trainer:
         self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
         self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
         self.val_interval = a.val_interval or max(1, math.ceil(self.total_iters / 10))
+        self.precise_images = precise_bn_images(a.precise_bn) if has_batchnorm(self.model) else 0
         self.save_interval = a.save_interval or max(1, min(50, self.val_interval))
 
         # state
@@ -285,6 +310,8 @@ class Trainer:
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("train_bn"):  # "model" holds re-estimated BN statistics; training continues on its own
+            load_bn_buffers(self.model, ckpt["train_bn"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -297,9 +324,13 @@ class Trainer:
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def _payload(self, metrics: Optional[Dict[str, Any]] = None,
+                 train_bn: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
         p = model_payload(self.model, self.cfg, self.info.names, self.info.category_ids, metrics)
         p.update({
+            # which BN statistics "model" holds; "train_bn": the training run's own (for resume)
+            "bn_stats": f"precise ({self.precise_images} training images)" if train_bn is not None else "running",
+            "train_bn": train_bn,
             "train_args": _args_dict(self.args), "iteration": self.iteration, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.use_amp else None,
@@ -308,9 +339,46 @@ class Trainer:
         })
         return p
 
-    def save_last(self, metrics: Optional[Dict[str, Any]] = None) -> None:
-        if self.main:
-            save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(metrics))
+    def save_last(self, metrics: Optional[Dict[str, Any]] = None, precise: bool = False) -> None:
+        """Write last.pt; ``precise``: with BN statistics re-estimated for these weights (every rank
+        must call it then). Periodic crash-safety saves and Ctrl-C keep the running average."""
+        train_bn = self._precise_bn() if precise else None
+        try:
+            if self.main:
+                save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(metrics, train_bn))
+        finally:
+            if train_bn is not None:
+                load_bn_buffers(self.model, train_bn)
+
+    # ------------------------------------------------------------------ precise BN
+    def _precise_batches(self, num_batches: int):
+        """``num_batches`` augmented training batches, drawn as in training but from a stream of their
+        own (seeded by the iteration), so the training data order is untouched."""
+        a = self.args
+        sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True,
+                                        seed=(a.seed + 1) * 1_000_003 + self.iteration, rank=self.rank,
+                                        world=self.world, drop_last=True)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=a.workers, collate_fn=_collate)
+        done, epoch = 0, 0
+        while done < num_batches:
+            sampler.set_epoch(epoch)
+            epoch += 1
+            for images, _ in loader:
+                yield images
+                done += 1
+                if done == num_batches:
+                    return
+
+    def _precise_bn(self) -> Optional[Dict[str, torch.Tensor]]:
+        """Re-estimate the BN statistics (all ranks); returns the training buffers to put back."""
+        if not self.precise_images:
+            return None
+        num_batches = max(1, math.ceil(self.precise_images / (self.args.batch * self.world)))
+        t0 = time.time()
+        previous = recompute_bn_stats(self.model, self._precise_batches(num_batches), self.device,
+                                      autocast_context(self.device, self.use_amp, self.args.bf16))
+        self.precise_seconds = getattr(self, "precise_seconds", 0.0) + time.time() - t0
+        return previous
 
     # ------------------------------------------------------------------ loop
     def _batches(self):
@@ -368,7 +436,9 @@ class Trainer:
                 last = self.iteration == self.total_iters
                 if self.iteration % self.val_interval == 0 or last:
                     metrics = self._evaluate_and_log(time.time() - t_start)
-                elif self.iteration % self.save_interval == 0 or self.iteration == stop:
+                elif self.iteration == stop:
+                    self.save_last(precise=True)
+                elif self.iteration % self.save_interval == 0:
                     self.save_last()
         except (KeyboardInterrupt, _Interrupted):
             bar.close()
@@ -446,11 +516,22 @@ class Trainer:
         run = getattr(self, "_running", None) or {}
         row.update({k: round(v, 5) for k, v in run.items()})
         metrics: Dict[str, Any] = {}
+        train_bn = self._precise_bn()
+        try:
+            self._evaluate_and_save(row, metrics, train_bn)
+        finally:
+            if train_bn is not None:  # training continues with its own running average
+                load_bn_buffers(self.model, train_bn)
+        dist_utils.barrier()
+        return metrics
+
+    def _evaluate_and_save(self, row: Dict[str, Any], metrics: Dict[str, Any],
+                           train_bn: Optional[Dict[str, torch.Tensor]]) -> None:
         if self.main and self.val_loader is not None:
             from ..metrics import Evaluator
             evaluator = Evaluator(self.info, self.val_records)
-            metrics = run_evaluation(self.model, self.val_loader, evaluator, self.device, self.postprocessor,
-                                     amp=self.use_amp, bf16=self.args.bf16, progress=self.args.progress)
+            metrics.update(run_evaluation(self.model, self.val_loader, evaluator, self.device, self.postprocessor,
+                                          amp=self.use_amp, bf16=self.args.bf16, progress=self.args.progress))
             row["voc07_map50"] = round(float(metrics.get("voc07_map50", float("nan"))), 5)
             row["voc_area_map50"] = round(float(metrics.get("voc_area_map50", float("nan"))), 5)
             row["coco_ap"] = round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)
@@ -462,7 +543,7 @@ class Trainer:
             if is_best:
                 self.best_fitness = fitness
             summary = {k: row[k] for k in ("voc07_map50", "voc_area_map50", "coco_ap") if k in row}
-            payload = self._payload({**summary, "iteration": self.iteration})
+            payload = self._payload({**summary, "iteration": self.iteration}, train_bn)
             save_checkpoint(self.run_dir / "weights" / "last.pt", payload)
             if is_best:
                 save_checkpoint(self.run_dir / "weights" / "best.pt", payload)
@@ -473,8 +554,6 @@ class Trainer:
                 from .plots import plot_predictions
                 plot_predictions(self.model, self.val_loader, self.postprocessor, self.info.names,
                                  self.run_dir / "val_predictions.jpg", self.device)
-        dist_utils.barrier()
-        return metrics
 
     def _fitness(self, row: Dict[str, Any]) -> float:
         key = "coco_ap" if self.info.format == "coco" else "voc07_map50"

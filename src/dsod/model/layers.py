@@ -57,11 +57,13 @@ class CaffeBatchNorm2d(nn.BatchNorm2d):
             # exact no-op) and no second step count: the statistics are recorded once per forward.
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0,
                                 self.eps)
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and self.momentum is not None:
             if self._steps is None:
                 self._steps = int(self.num_batches_tracked)
             self._steps += 1
             self.momentum = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
+        # momentum None: PyTorch's cumulative average, left to BatchNorm2d (set by
+        # torch.optim.swa_utils.update_bn for the precise-BN re-estimation, engine/precise_bn.py)
         return super().forward(x)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -259,11 +261,14 @@ class SyncCaffeBatchNorm2d(CaffeBatchNorm2d):
         var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
         if not in_recomputation():  # a checkpoint re-run must not record the statistics twice
             with torch.no_grad():
-                if self._steps is None:
-                    self._steps = int(self.num_batches_tracked)
-                self._steps += 1
                 self.num_batches_tracked.add_(1)
-                m = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
+                if self.momentum is None:  # cumulative average (precise BN), as BatchNorm2d does
+                    m = 1.0 / float(self.num_batches_tracked)
+                else:
+                    if self._steps is None:
+                        self._steps = int(self.num_batches_tracked) - 1
+                    self._steps += 1
+                    m = (1.0 - self.decay) / (1.0 - self.decay**self._steps)
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).detach(), m)
         y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
