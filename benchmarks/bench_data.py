@@ -33,7 +33,8 @@ from dsod.data.transforms import reference_train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DSOD_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DEFAULT_DATA = [SHARED / "bccd", SHARED / "chess_rf100", SHARED / "coco128" / "object_detection" / "config.yaml"]
+DEFAULT_DATA = [SHARED / "bccd", SHARED / "chess_rf100",
+                SHARED / "coco128" / "object_detection" / "config.yaml"]
 PIPELINES = ("reference", "full", "fast")
 
 
@@ -105,7 +106,8 @@ def reference_stages(dataset, n: int):
         mp += image.shape[-1] * image.shape[-2] / 1e6
         sample = (tv_tensors.Image(image), dataset.record_target(rec, *pixels.shape[:2]))
         for step in steps:
-            name = "Resize (random interpolation)" if type(step).__name__ == "RandomChoice" else type(step).__name__
+            name = type(step).__name__
+            name = "Resize (random interpolation)" if name == "RandomChoice" else name
             t = time.perf_counter()
             sample = step(*sample)
             times[name] += time.perf_counter() - t
@@ -147,8 +149,8 @@ def main(argv=None) -> int:
             rates = {}
             for pipeline in a.pipelines:
                 dataset = DetectionDataset(records, make_transform(pipeline, a.size, mode), train=True)
-                print(f"\n### augment={mode}, pipeline={pipeline}\n\n| workers | samples | seconds | samples/s "
-                      f"| ms/sample |\n|---:|---:|---:|---:|---:|")
+                print(f"\n### augment={mode}, pipeline={pipeline}\n\n"
+                      "| workers | samples | seconds | samples/s | ms/sample |\n|---:|---:|---:|---:|---:|")
                 for w in a.workers:
                     n, sec = loader_throughput(dataset, a.batch, w, a.samples)
                     rates.setdefault(pipeline, n / sec)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from dsod.data import DetectionDataset, load_dataset, load_image, train_transform
 from dsod.data.augment import SSDAugment
 from dsod.data.transforms import reference_train_transform
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,8 @@ def test_planned_decode_keeps_at_least_one_source_pixel_per_output_pixel(chess_t
         plan = aug.plan(ds.record_target(rec, rec.height, rec.width))
         h, w = load_image(rec.path, min_size=aug.decode_size(plan)).shape[:2]
         _, _, wh, ww = plan["window"]  # canvas pixels of the crop, warped onto 300 x 300
-        assert (ww * w / rec.width >= 300 or w == rec.width) and (wh * h / rec.height >= 300 or h == rec.height)
+        assert ww * w / rec.width >= 300 or w == rec.width
+        assert wh * h / rec.height >= 300 or h == rec.height
         decoded.append(h * w)
     assert np.mean(decoded) < 0.2 * 2048 * 1371  # mostly 1/4 and 1/8 decodes
 

@@ -22,9 +22,9 @@ what ``train_transform`` returns for "ssd" and "light") draws its random geometr
 boxes first; the image is then decoded only as large as that geometry needs (a JPEG at 1/2, 1/4 or
 1/8 scale, ``images.load_image(min_size=...)``) and rendered. ``orig_size`` stays the record's size.
 
-**Reproducibility.** A key may be an index or ``(index, seed)``: with a seed the transform runs under
-``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the transforms draw only from torch's
-RNG). ``build_dataloader`` feeds such keys: the seed of the sample at position p of epoch e is drawn
+**Reproducibility.** A key may be an index or ``(index, seed)``: with a seed the transform runs with
+torch's CPU generator seeded with ``seed`` inside ``torch.random.fork_rng`` (the transforms draw only
+from it). ``build_dataloader`` feeds such keys: the seed of the sample at position p of epoch e is drawn
 from a generator seeded with ``seed``, so the augmented batches are the same with 0 or 8 workers and
 on every run; ``worker_init_fn`` additionally seeds ``random`` and NumPy in each worker from the
 worker's torch seed (for user transforms that use them), and the loader's ``torch.Generator`` (seeded
@@ -97,7 +97,9 @@ class DetectionDataset(Dataset):
         if seed is None:
             return fn(*args)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only, which is all the transforms draw from (and all fork_rng saves):
+            # torch.manual_seed also queues a lazy CUDA seeding with a stack trace, ~2 ms per sample
+            torch.default_generator.manual_seed(seed)
             return fn(*args)
 
     def _planned(self, rec: ImageRecord) -> Tuple[torch.Tensor, Dict[str, Any]]:

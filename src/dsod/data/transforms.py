@@ -6,8 +6,9 @@ original pixels, ``target`` a dict with ``boxes`` (``tv_tensors.BoundingBoxes`` 
 float32 (3, S, S) **BGR, 0-255 minus the mean (104, 117, 123), no std** (spec §1.1), and the target
 with ``boxes`` a float32 (G, 4) xyxy tensor **normalised to [0, 1] of the network input**.
 
-Training pipeline (``reference_train_transform``), in SSD Caffe's order (spec §1.8: distort -> expand -> batch-sampler crop -> resize
--> mirror); the image stays uint8, as in Caffe where every step saturates an 8-bit ``cv::Mat``:
+Training pipeline (``reference_train_transform``), in SSD Caffe's order (spec §1.8: distort -> expand
+-> batch-sampler crop -> resize -> mirror); the image stays uint8, as in Caffe where every step
+saturates an 8-bit ``cv::Mat``:
 
 1. ``SSDPhotometricDistort`` (hand-written, see its docstring for why not v2.RandomPhotometricDistort)
 2. ``v2.RandomZoomOut`` (p 0.5, canvas 1-4x, filled with the pixel mean): same semantics as Caffe's
