@@ -8,8 +8,10 @@ For every dataset (``--data``, several allowed; default: the three sets under th
 augmentation mode (``--modes``) and pipeline (``--pipelines``): ``reference`` is
 ``transforms.reference_train_transform`` (Caffe's order on full-size pixels, the "before" of issue
 12), ``full`` is ``augment.SSDAugment`` decoding at full size, ``fast`` is what ``train_transform``
-gives (``SSDAugment`` with reduced-size JPEG decoding). Per worker count: a ``DetectionDataset``
-loader over ``--samples`` shuffled samples after one warm-up batch (worker start-up, first decodes).
+gives (``SSDAugment`` with reduced-size JPEG decoding). Per worker count: ``--rounds`` rounds, each
+timing every pipeline in turn (a ``DetectionDataset`` loader over the same shuffled samples, after one
+warm-up batch: worker start-up, first decodes), so that the load of a shared machine hits all
+pipelines alike; the median round is reported.
 A per-stage breakdown (one process, mean ms per sample) follows each pipeline, so a slow pipeline can
 be traced to its stage; ``decoded MP`` is the mean size of the decoded image. The summary compares
 samples/s with ``--train-rate`` (the model's training images/s: issue 12 asks for >= 3x).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -130,7 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[0])
-    ap.add_argument("--samples", type=int, default=64, help="timed samples per loader run")
+    ap.add_argument("--samples", type=int, default=96, help="timed samples per pipeline, all rounds together")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     ap.add_argument("--stages", type=int, default=32, help="samples for the per-stage breakdown (0: skip)")
     ap.add_argument("--train-rate", type=float, default=3.5,
                     help="the model's training images/s on one core (dsod-tiny, batch 16, 300 px: 3-4)")
@@ -139,31 +143,43 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # per process, as in DataLoader workers: numbers comparable across rows
     print(f"{os.cpu_count()} CPU(s), torch {torch.__version__}, 1 torch thread per process, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, input {a.size}x{a.size}, "
-          f"batch {a.batch}, {a.samples} timed samples per run")
+          f"batch {a.batch}, load average {os.getloadavg()[0]:.2f}")
+    per_round = max(a.batch, a.samples // a.rounds // a.batch * a.batch)
     summary = []
     for data in a.data:
         records = load_dataset(data).records(a.split)
         name = _name(Path(data))
         print(f"\n## {name} ({data} [{a.split}]): {len(records)} images")
         for mode in a.modes:
+            datasets = {p: DetectionDataset(records, make_transform(p, a.size, mode), train=True)
+                        for p in a.pipelines}
+            print(f"\n### augment={mode}: samples/s per round ({a.rounds} rounds of {per_round} samples, "
+                  "pipelines interleaved; the same shuffled samples for each)\n")
+            print("| workers | pipeline | " + " | ".join(f"round {r + 1}" for r in range(a.rounds))
+                  + " | median | ms/sample |\n|---:|---|" + "---:|" * (a.rounds + 2))
             rates = {}
-            for pipeline in a.pipelines:
-                dataset = DetectionDataset(records, make_transform(pipeline, a.size, mode), train=True)
-                print(f"\n### augment={mode}, pipeline={pipeline}\n\n"
-                      "| workers | samples | seconds | samples/s | ms/sample |\n|---:|---:|---:|---:|---:|")
-                for w in a.workers:
-                    n, sec = loader_throughput(dataset, a.batch, w, a.samples)
-                    rates.setdefault(pipeline, n / sec)
-                    print(f"| {w} | {n} | {sec:.2f} | {n / sec:.1f} | {1000 * sec / n:.1f} |", flush=True)
-                if a.stages:
-                    stages = reference_stages if pipeline == "reference" else fast_stages
-                    times, mp = stages(dataset, a.stages)
-                    print(f"\nper-stage mean over {a.stages} samples (one process), decoded {mp:.2f} MP:")
+            for w in a.workers:
+                runs = {p: [] for p in a.pipelines}
+                for r in range(a.rounds):  # round-robin: a load change on a shared machine hits all
+                    for p in a.pipelines:
+                        n, sec = loader_throughput(datasets[p], a.batch, w, per_round, seed=r)
+                        runs[p].append(n / sec)
+                for p in a.pipelines:
+                    med = statistics.median(runs[p])
+                    rates.setdefault(p, med)
+                    print(f"| {w} | {p} | " + " | ".join(f"{v:.1f}" for v in runs[p])
+                          + f" | **{med:.1f}** | {1000 / med:.1f} |", flush=True)
+            if a.stages:
+                for p in a.pipelines:
+                    stages = reference_stages if p == "reference" else fast_stages
+                    times, mp = stages(datasets[p], a.stages)
+                    print(f"\n{p}: per-stage mean over {a.stages} samples (one process), decoded {mp:.2f} MP:")
                     for k, v in times.items():
                         print(f"  {k:<30} {v:7.2f} ms")
                     print(f"  {'total':<30} {sum(times.values()):7.2f} ms", flush=True)
             summary.append((name, mode, rates))
-    print(f"\n## summary: samples/s with workers={a.workers[0]} (x: / {a.train_rate} training images/s)\n")
+    print(f"\n## summary: median samples/s, workers={a.workers[0]} (x training: / {a.train_rate} images/s); "
+          f"load average {os.getloadavg()[0]:.2f}\n")
     print("| data | augment | " + " | ".join(a.pipelines) + " | speed-up | x training |")
     print("|---|---|" + "---:|" * (len(a.pipelines) + 2))
     for name, mode, rates in summary:
