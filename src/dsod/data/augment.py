@@ -29,9 +29,10 @@ to resampling:
    the photometric distortion: every step of Caffe's ``DistortImage`` (brightness delta, contrast x,
    saturation and hue) is a per-pixel map, so it commutes with the geometric steps up to resampling
    and 8-bit rounding, and costs (S x S) / (crop area) of the reference's time. The zoom-out canvas is
-   the pixel mean filled *after* distortion (Caffe's ``ExpandImage`` runs after ``DistortImage`` in
-   ``DataTransformer``, so its fill is never distorted): the output outside the pasted image region
-   is exactly the mean, i.e. exactly 0 in the network input.
+   the pixel mean filled *after* distortion (SSD Caffe's ``AnnotatedDataLayer::load_batch``,
+   src/caffe/layers/annotated_data_layer.cpp, calls ``DistortImage`` and then ``ExpandImage`` on the
+   distorted datum, so its fill is never distorted): the output outside the pasted image region is
+   exactly the mean, i.e. exactly 0 in the network input.
 
 What differs from the reference, all resampling: the source is the DCT-scaled decode (an area
 average, like ``INTER_AREA``) rather than full pixels; the image/fill boundary is rounded to whole
