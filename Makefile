@@ -9,6 +9,8 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/ci.txt
+	@# jemalloc: the fast, lean allocator `dsod train` uses when it is there (src/dsod/launch.py); optional
+	-@sh .ci/install-jemalloc.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/ci.txt

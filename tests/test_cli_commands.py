@@ -1,6 +1,5 @@
 """Smoke test of every `dsod` command through the real CLI entry point, on real BCCD images."""
 import json
-from pathlib import Path
 
 import pytest
 

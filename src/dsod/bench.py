@@ -29,10 +29,18 @@ Keys of ``bench_main(opts)`` (values may be strings, as the CLI passes them):
     threads    intra-op threads for every model and backend; ``auto`` (default) picks the fastest of
                1..cores for our eager model at the start of the run (recorded). ``threads_sweep``
                (default true) also times the fused backend with each thread count.
-    train      ``all`` (default: our model with and without memory-efficient dense blocks, and the peers),
-               ``ours``, or ``none``: training-step time and peak memory per image, each configuration in
-               a fresh process (peak RSS at batch ``batch`` minus batch 2, divided by the difference).
+    train      ``all`` (default: our model and the peers), ``ours``, or ``none``: images/s and peak RSS
+               per extra image of a training step (peak RSS at ``train_batch`` minus at 2 images per
+               process, divided by the difference) for the old default path (glibc with a 1 MiB mmap
+               threshold, NCHW, fp32, one thread), the new default ``dsod train`` picks on this CPU,
+               each switch alone (allocator, channels-last, bf16, threads, DDP processes) and the
+               standard (not memory-efficient) network; each configuration in fresh processes
+               (``dsod.bench_train``).
+    train_model  the model of the training section (default: ``model``).
+    train_batch  its batch (default: ``batch``).
     train_steps  timed training steps per configuration (default 3, after 1 warm-up).
+    train_rounds round-robin repetitions of the whole section (default 1; medians reported).
+    train_only   comma-separated configuration names to keep (old_default and new_default always).
 
 Reported per model and backend: ``params``, ``macs``, ``latency_ms_b1``, ``latency_ms_b{batch}``,
 ``throughput_img_s``, ``postprocess_ms_b1``, ``gflops_achieved``, ``floor_ratio`` (latency over the FLOP
@@ -56,9 +64,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import int8_bf16_isa
+from .hardware import cpu_summary, int8_bf16_isa
+from .engine.memory import active_allocator
+from .load import ModelSpecError, load_model
+from .peers import PEERS
+from .peers import Peer as _Peer
 
-PEERS = ("ssd300_vgg16", "ssdlite320")
 DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8")
 ALL_BACKENDS = ("eager", "eager-cl", "fused", "fused-nchw", "onnxruntime", "onnxruntime-int8", "bf16")
 
@@ -134,57 +145,19 @@ def count_macs_fn(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-# ------------------------------------------------------------------------------------- peers
-class Peer:
-    """A torchvision SSD built with weights=None, weights_backbone=None (no download)."""
-
-    def __init__(self, name: str):
-        from torchvision.models import detection
-
-        if name == "ssd300_vgg16":
-            self.model, self.size = detection.ssd300_vgg16(weights=None, weights_backbone=None), 300
-        elif name in ("ssdlite320", "ssdlite320_mobilenet_v3_large"):
-            self.model = detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
-            self.size = 320
-        else:
-            raise BenchError(f"unknown peer '{name}'; valid: {', '.join(PEERS)}")
-        self.name = name
-        self.model.eval()
-        self.params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def net(self, x: torch.Tensor):
-        feats = list(self.model.backbone(x).values())
-        return self.model.head(feats), feats
-
-    def postprocess(self, x: torch.Tensor, head, feats):
-        from torchvision.models.detection.image_list import ImageList
-
-        images = ImageList(x, [(self.size, self.size)] * x.shape[0])
-        anchors = self.model.anchor_generator(images, feats)
-        return self.model.postprocess_detections(head, anchors, images.image_sizes)
+def Peer(name: str):
+    try:
+        return _Peer(name)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
 
 
-# --------------------------------------------------------------------------------- our model
 def load_ours(spec: str, imgsz: Optional[int] = None):
-    """(model, config) from a preset name or a checkpoint path."""
-    from .config import PRESETS
-    from .model import build_model
-
-    p = Path(str(spec)).expanduser()
-    if p.suffix == ".pt" or p.is_file():
-        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
-
-        model, cfg = build_from_checkpoint(load_checkpoint(p))
-    elif str(spec) in PRESETS:
-        model = build_model(str(spec))
-        cfg = model.config
-    else:
-        raise BenchError(f"model={spec}: not a preset nor a checkpoint file")
-    if imgsz and int(imgsz) != cfg.image_size:
-        resized = build_model(cfg.replace(image_size=int(imgsz)))
-        resized.load_state_dict(model.state_dict())
-        model, cfg = resized, resized.config
-    return model.eval(), cfg
+    """(model, config) from a preset name or a checkpoint path (``dsod.load.load_model``)."""
+    try:
+        return load_model(spec, imgsz)
+    except ModelSpecError as e:
+        raise BenchError(str(e)) from None
 
 
 def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarray, imgsz: int
@@ -231,159 +204,6 @@ def _copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval()
 
 
-# ---------------------------------------------------------------------------------- training
-def _train_probe(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool,
-                 imgsz: Optional[int], queue, tune_allocator: bool = True) -> None:
-    """Child process: a few SGD steps at ``batch``; reports median step seconds and peak RSS (bytes).
-    ``tune_allocator``: set glibc's mmap threshold as ``dsod train`` does on CPU (engine/memory.py)."""
-    try:
-        if tune_allocator:
-            from .engine.memory import tune_cpu_allocator
-            tune_cpu_allocator()
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        g = torch.Generator().manual_seed(0)
-        if kind == "ours":
-            from .loss import MultiBoxLoss
-
-            model, cfg = load_ours(name, imgsz)
-            for mod in model.modules():  # dense blocks, stem and heads
-                if hasattr(mod, "memory_efficient"):
-                    mod.memory_efficient = memory_efficient
-            size = cfg.image_size
-            criterion = MultiBoxLoss()
-
-            def step(x, targets):
-                out = model(x)
-                return criterion(out.bbox_regression, out.cls_logits, targets, model.anchors_cxcywh)["loss"]
-        else:
-            peer = Peer(name)
-            model, size = peer.model, peer.size
-
-            def step(x, targets):
-                tv_targets = [{"boxes": t["boxes"] * size, "labels": t["labels"] + 1} for t in targets]
-                return sum(model(list(x), tv_targets).values())
-        model.train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        times, live = [], None
-        for i in range(steps + 1):
-            x = torch.randn(batch, 3, size, size, generator=g) * 50
-            targets = []
-            for _ in range(batch):
-                xy = torch.rand(3, 2, generator=g) * 0.6
-                wh = torch.rand(3, 2, generator=g) * 0.3 + 0.05
-                targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, 3, (3,), generator=g)})
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = step(x, targets)
-            loss.backward()
-            opt.step()
-            if i > 0:
-                times.append(time.perf_counter() - t0)
-        peak_rss = _peak_rss_bytes()
-        live = _live_peak_bytes(lambda: (opt.zero_grad(set_to_none=False), step(x, targets).backward()))
-        queue.put({"step_s": statistics.median(times), "peak_rss": peak_rss, "peak_live": live})
-    except Exception as e:  # noqa: BLE001 - reported to the parent as a failed probe
-        queue.put({"error": f"{type(e).__name__}: {e}"})
-
-
-def _live_peak_bytes(fn) -> Optional[int]:
-    """Peak bytes held by live allocations during ``fn()`` above what was live before it: glibc's
-    ``mallinfo2`` (heap in use + mmapped) sampled after every tensor op (a dispatch mode). Unlike peak
-    RSS it does not count memory that the allocator keeps after a free (fragmentation), so it is the
-    activation memory the model itself needs. None where glibc's mallinfo2 is missing."""
-    import ctypes
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _Info
-    except (OSError, AttributeError):
-        return None
-
-    def in_use() -> int:
-        mi = libc.mallinfo2()
-        return mi.uordblks + mi.hblkhd
-
-    class _Peak(TorchDispatchMode):
-        peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            self.peak = max(self.peak, in_use())
-            return out
-
-    base = in_use()
-    with _Peak() as mode:
-        fn()
-    return mode.peak - base
-
-
-def _peak_rss_bytes() -> int:
-    """Peak resident set of this process's own address space: ``VmHWM`` (Linux). ``ru_maxrss`` is not
-    used where VmHWM exists: Linux carries it over from the forked parent across exec, so a child
-    started from a large process would report at least the parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def train_memory(kind: str, name: str, batch: int, steps: int, threads: int, memory_efficient: bool = False,
-                 imgsz: Optional[int] = None, mmap_threshold: Optional[int] = None,
-                 tune_allocator: bool = True) -> Dict[str, Any]:
-    """Training cost per image: peak RSS at ``batch`` minus at batch 2 (fresh processes), divided by
-    the batch difference; images/s from the step time at ``batch``; and the same difference of the
-    live-tensor peak (``live_gb_per_image``, glibc's mallinfo2, independent of fragmentation).
-
-    ``tune_allocator`` (default): the probes set glibc's mmap threshold as ``dsod train`` does on CPU
-    (``engine.memory.tune_cpu_allocator``); False measures glibc's default allocator.
-    ``mmap_threshold``: instead set ``MALLOC_MMAP_THRESHOLD_`` to this value for the probes."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    res = {}
-    for b in (2, batch):
-        q = ctx.Queue()
-        p = ctx.Process(target=_train_probe,
-                        args=(kind, name, b, steps, threads, memory_efficient, imgsz, q, tune_allocator))
-        old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        if mmap_threshold:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(int(mmap_threshold))
-        try:
-            p.start()
-        finally:
-            if mmap_threshold:
-                if old is None:
-                    os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-                else:
-                    os.environ["MALLOC_MMAP_THRESHOLD_"] = old
-        r = q.get()
-        p.join()
-        if "error" in r:
-            return {"error": r["error"]}
-        res[b] = r
-    per_image = (res[batch]["peak_rss"] - res[2]["peak_rss"]) / (batch - 2)
-    live = None
-    if res[batch].get("peak_live") is not None and res[2].get("peak_live") is not None:
-        live = (res[batch]["peak_live"] - res[2]["peak_live"]) / (batch - 2) / 1e9
-    return {"memory_gb_per_image": per_image / 1e9, "live_gb_per_image": live, "malloc_mmap_threshold": mmap_threshold,
-            "tuned_allocator": tune_allocator and not mmap_threshold, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
-            "step_ms": {str(k): v["step_s"] * 1e3 for k, v in res.items()},
-            "train_ms_per_image": res[batch]["step_s"] * 1e3 / batch,
-            "train_img_s": batch / res[batch]["step_s"]}
-
-
 # ------------------------------------------------------------------------------------- main
 def _split(v: Any) -> List[str]:
     if v is None:
@@ -402,7 +222,7 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     from .postprocess import PostProcessor
 
     allowed = {"model", "compare", "json", "batch", "runs", "backends", "imgsz", "data", "threads",
-               "threads_sweep", "train", "train_steps"}
+               "threads_sweep", "train", "train_steps", "train_model", "train_batch", "train_rounds", "train_only"}
     bad = sorted(set(opts) - allowed)
     if bad:
         raise BenchError(f"unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(allowed))}")
@@ -427,7 +247,8 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     print(f"dsod bench: {label} vs {', '.join(peers) or 'no peers'}; backends {', '.join(backends)}; "
           f"{threads} threads; {runs} runs after 2 warm-ups; batch 1 and {batch}")
     report: Dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+        "machine": {"cpu": cpu_summary()["model"], "isa": cpu_summary()["isa"], "cores": os.cpu_count(),
+                    "threads": threads, "allocator": active_allocator(),
                     "int8_bf16_isa": int8_bf16_isa(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
@@ -508,19 +329,17 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
         e["ratio_vs_eager"] = e["latency_ms_b1"] / entries[(label, "eager")]["latency_ms_b1"] \
             if (label, "eager") in entries else None
 
-    # Training: fresh processes (peak RSS is per process).
-    training: Dict[str, Any] = {}
+    # Training: fresh processes per configuration (allocator, threads and peak RSS are per process).
     if train in ("all", "ours"):
-        steps = int(opts.get("train_steps", 3))
-        for me in (False, True):
-            key = f"{label}/{'memory_efficient' if me else 'standard'}"
-            training[key] = train_memory("ours", name, batch, steps, threads, me, opts.get("imgsz"))
-            _print_train(key, training[key])
-        if train == "all":
-            for p in peers:
-                training[p] = train_memory("peer", p, batch, steps, threads)
-                _print_train(p, training[p])
-    report["training"] = training
+        from .bench_train import print_training, training_section
+
+        tname = str(opts.get("train_model") or name)
+        report["training"] = training_section(
+            tname, int(opts.get("train_batch", batch)), int(opts.get("train_steps", 3)),
+            peers if train == "all" else [], os.cpu_count() or 1,
+            opts.get("imgsz") if tname == name else None, int(opts.get("train_rounds", 1)),
+            _split(opts.get("train_only")) or None)
+        print_training(report["training"])
 
     results: Dict[str, Dict[str, Any]] = {}
     for (m, be), e in entries.items():

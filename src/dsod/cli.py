@@ -131,6 +131,10 @@ def _precise_bn(v: str):
     return v
 
 
+def _auto_bool(v: str):
+    return None if v.strip().lower() in ("auto", "none", "") else _bool(v)
+
+
 def _optional(kind):
     def parse(v: str):
         return None if v.lower() in ("none", "null", "") else kind(v)
@@ -150,7 +154,9 @@ def _train_options() -> Dict[str, Option]:
         "accumulate": "forward passes per optimizer step", "imgsz": "input size (default: the preset's)",
         "lr": "learning rate (default 0.1 x effective batch / 128)", "schedule": "multistep or cosine",
         "milestones": "multistep LR drops as fractions of the run", "warmup": "warm-up iterations",
-        "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA", "bf16": "bfloat16 autocast",
+        "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA",
+        "bf16": "bfloat16 autocast (auto: on CPUs with native bf16, AMX/AVX512-BF16)",
+        "channels_last": "channels-last memory format (auto: where it measured faster)",
         "grad_clip": "max gradient norm (0 = off)", "device": "auto, cpu, cuda or cuda:N",
         "augment": "ssd (the paper's), light (short CPU runs) or none",
         "flipud": "vertical-flip probability (micrographs, aerial)", "optimizer": "sgd (the paper's) or adamw",
@@ -164,7 +170,7 @@ def _train_options() -> Dict[str, Option]:
         "epochs": _positive_int, "iterations": _optional(_positive_int), "batch": _positive_int,
         "accumulate": _positive_int, "imgsz": _optional(_positive_int), "lr": _optional(_nonneg_float),
         "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool, "augment": _augment, "flipud": _float_range(0, 1),
-        "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _bool, "grad_clip": _nonneg_float,
+        "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _auto_bool, "channels_last": _auto_bool, "grad_clip": _nonneg_float,
         "max_bad_steps": _positive_int, "bn_decay": _optional(_float_range(0, 1)), "workers": int, "seed": int, "exist_ok": _bool,
         "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,
         "plots": _bool, "progress": _bool, "max_images": _optional(_positive_int), "stop_at": _optional(_positive_int),
@@ -218,7 +224,6 @@ def _val_options() -> Dict[str, Option]:
 def cmd_val(args: Dict[str, object]) -> int:
     from .data import DatasetError, load_dataset
     from .engine.checkpoint import CheckpointError
-    from .metrics import Evaluator
 
     if not args["data"]:
         raise CLIError("data= is required (the dataset to evaluate on)")
@@ -457,6 +462,9 @@ def _command_help(name: str, cmd: Command) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Only as the `dsod` command (argv None) does main() touch process-wide settings; called from
+    # Python (tests, notebooks) it leaves the caller's allocator and thread count alone.
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -472,6 +480,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_command_help(name, cmd))
         return 0
+    if name in ("train", "demo") and own_process:  # the command's own settings (dsod.launch): allocator, threads
+        from .launch import configure_training_process
+        configure_training_process(argv)
     try:
         if cmd.passthrough:
             bad = [a for a in rest if "=" not in a]

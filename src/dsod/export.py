@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from torch import nn
 
 from .box_coder import decode
 from .boxes import cxcywh_to_xyxy
+from .hardware import int8_bf16_isa  # noqa: F401 - re-exported (dsod.export.int8_bf16_isa)
 
 
 class ExportError(Exception):
@@ -195,22 +196,6 @@ def verify(wrapper: nn.Module, onnx_path: Path, batch: np.ndarray, threads: Opti
 
 
 # ------------------------------------------------------------------------------- quantisation
-INT8_BF16_ISA = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
-
-
-def int8_bf16_isa(cpuinfo: Optional[str] = None) -> Optional[List[str]]:
-    """The CPU's int8 dot-product / bf16 instruction sets (``INT8_BF16_ISA``) from ``/proc/cpuinfo``,
-    or None where that is unknown (not Linux x86). Without any of them int8 and bf16 cannot beat fp32
-    on the convolutions (docs/PERFORMANCE.md)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), None)
-    return None if flags is None else [f for f in INT8_BF16_ISA if f in flags]
-
-
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: str = "minmax",
                   per_channel: bool = True, reduce_range: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
     """ONNX Runtime static quantisation (QDQ): int8 per-channel weights, uint8 activations, calibrated on

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,10 +27,11 @@ from ..model import DSOD, build_model
 from ..model.layers import convert_sync_batchnorm
 from ..postprocess import PostProcessor
 from . import distributed as dist_utils
-from .checkpoint import (build_from_checkpoint, config_from_dict, load_checkpoint, model_payload, rng_state,
+from .checkpoint import (config_from_dict, load_checkpoint, model_payload, rng_state,
                          save_checkpoint, set_rng_state)
 from .evaluate import autocast_context, run_evaluation
 from .optim import build_optimizer, lr_lambda
+from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
 from .sampler import ResumableBatchSampler
 
@@ -92,7 +93,9 @@ class TrainArgs:
     # "auto": PRECISE_BN_IMAGES; 0 or false: off (the running average is saved as is).
     precise_bn: Any = "auto"
     amp: bool = True  # float16 autocast + GradScaler on CUDA (ignored on CPU)
-    bf16: bool = False  # bfloat16 autocast (CPU or CUDA)
+    # bfloat16 autocast; None: on CPUs with native bf16 (AMX, AVX512-BF16), engine/numerics.py
+    bf16: Optional[bool] = None
+    channels_last: Optional[bool] = None  # None: where it measured faster (engine/numerics.py)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     max_bad_steps: int = 10  # abort after this many non-finite losses in a row
     workers: int = 2
@@ -146,9 +149,6 @@ class Trainer:
     def __init__(self, args: TrainArgs):
         self.args = args
         self.device = select_device(args.device)
-        if self.device.type == "cpu":
-            from .memory import tune_cpu_allocator
-            tune_cpu_allocator()  # peak RSS near the live tensors (engine/memory.py)
         self.rank, self.world = dist_utils.init(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -201,7 +201,9 @@ class Trainer:
             self._load_initial_weights(model, init_state)
         if a.norm == "syncbn" and self.world > 1:
             model = convert_sync_batchnorm(model)
-        self.model: DSOD = model.to(self.device)
+        self.numerics = decide_numerics(self.device, a.amp, a.bf16, a.channels_last)
+        self.memory_format = torch.channels_last if self.numerics.channels_last else torch.contiguous_format
+        self.model: DSOD = model.to(self.device, memory_format=self.memory_format)
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -240,7 +242,8 @@ class Trainer:
                                          a.no_decay_norm)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_iters, warmup, a.schedule, a.milestones))
-        self.use_amp = a.amp and self.device.type == "cuda" and not a.bf16
+        self.use_amp = self.numerics.amp
+        self.use_bf16 = self.numerics.bf16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
         self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
@@ -263,10 +266,15 @@ class Trainer:
             self.run_dir = next_run_dir(a.project, a.name, a.exist_ok)
         if self.main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
+            from .memory import active_allocator
             _write_yaml(self.run_dir / "args.yaml", {**_args_dict(a), "data_resolved": data,
                                                       "effective_batch": eff, "lr_resolved": self.lr,
                                                       "total_iterations": self.total_iters,
-                                                      "world_size": self.world})
+                                                      "world_size": self.world, "numerics": self.numerics.describe(),
+                                                      "threads": torch.get_num_threads(),
+                                                      "allocator": active_allocator()})
+            if a.progress:
+                print(self.numerics.describe(), flush=True)
 
     def _model_config(self) -> Tuple[ModelConfig, Optional[Dict[str, Any]]]:
         a = self.args
@@ -376,7 +384,7 @@ class Trainer:
         num_batches = max(1, math.ceil(self.precise_images / (self.args.batch * self.world)))
         t0 = time.time()
         previous = recompute_bn_stats(self.model, self._precise_batches(num_batches), self.device,
-                                      autocast_context(self.device, self.use_amp, self.args.bf16))
+                                      autocast_context(self.device, self.use_amp, self.use_bf16))
         self.precise_seconds = getattr(self, "precise_seconds", 0.0) + time.time() - t0
         return previous
 
@@ -469,9 +477,11 @@ class Trainer:
             if self.iteration == 0 and micro == 0 and self.main and a.plots and self.resume_ckpt is None:
                 from .plots import plot_batch
                 plot_batch(images, targets, self.info.names, self.run_dir / "train_batch0.jpg")
-            images = images.to(self.device, non_blocking=True)
-            targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with autocast_context(self.device, self.use_amp, a.bf16):
+            # pinned host memory on CUDA (the loader's pin_memory): the copies overlap the compute
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                       for t in targets]
+            with autocast_context(self.device, self.use_amp, self.use_bf16):
                 out = net(images)
             global_pos = self._global_num_pos(targets)
             parts = self.criterion(out.bbox_regression.float(), out.cls_logits.float(), targets,
@@ -531,7 +541,7 @@ class Trainer:
             from ..metrics import Evaluator
             evaluator = Evaluator(self.info, self.val_records)
             metrics.update(run_evaluation(self.model, self.val_loader, evaluator, self.device, self.postprocessor,
-                                          amp=self.use_amp, bf16=self.args.bf16, progress=self.args.progress))
+                                          amp=self.use_amp, bf16=self.use_bf16, progress=self.args.progress))
             row["voc07_map50"] = round(float(metrics.get("voc07_map50", float("nan"))), 5)
             row["voc_area_map50"] = round(float(metrics.get("voc_area_map50", float("nan"))), 5)
             row["coco_ap"] = round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)

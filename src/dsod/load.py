@@ -1,0 +1,34 @@
+"""One way to get a model to run: a preset name or a checkpoint, optionally at another input size."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+from .config import ModelConfig
+
+
+class ModelSpecError(ValueError):
+    """``model=`` names neither a preset nor a checkpoint file (one line)."""
+
+
+def load_model(spec: str, imgsz: Optional[int] = None) -> Tuple["object", ModelConfig]:
+    """(model in eval mode, its ModelConfig) from a preset name or a ``.pt`` checkpoint; ``imgsz``
+    rebuilds it at that input size with the same weights (the default boxes follow the size)."""
+    from .config import PRESETS
+    from .model import build_model
+
+    p = Path(str(spec)).expanduser()
+    if p.suffix == ".pt" or p.is_file():
+        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+
+        model, cfg = build_from_checkpoint(load_checkpoint(p))
+    elif str(spec) in PRESETS:
+        model = build_model(str(spec))
+        cfg = model.config
+    else:
+        raise ModelSpecError(f"model={spec}: not a preset nor a checkpoint file")
+    if imgsz and int(imgsz) != cfg.image_size:
+        resized = build_model(cfg.replace(image_size=int(imgsz)))
+        resized.load_state_dict(model.state_dict())
+        model, cfg = resized, resized.config
+    return model.eval(), cfg
