@@ -480,16 +480,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_command_help(name, cmd))
         return 0
-    if name in ("train", "demo") and own_process:  # the command's own settings (dsod.launch): allocator, threads
-        from .launch import configure_training_process
-        configure_training_process(argv)
     try:
         if cmd.passthrough:
             bad = [a for a in rest if "=" not in a]
             if bad:
                 raise CLIError(f"'{bad[0]}' is not key=value (see dsod {name} --help)")
             return cmd.run(dict(a.split("=", 1) for a in rest))
-        return cmd.run(parse_kv(name, cmd, rest))
+        keys = parse_kv(name, cmd, rest)
+        if name in ("train", "demo") and own_process:  # the command's own settings (dsod.launch)
+            from .launch import configure_training_process
+            code = configure_training_process(argv, keys, allow_ddp=name == "train")
+            if code is not None:  # this process was the parent of CPU DDP workers
+                return code
+        return cmd.run(keys)
     except CLIError as e:
         print(f"dsod {name}: {e}", file=sys.stderr)
         return 2

@@ -62,15 +62,95 @@ def allocator_note() -> str:
     return f"allocator {a} (DSOD_ALLOCATOR=glibc|mmap1m|jemalloc overrides)"
 
 
-def configure_training_process(argv: List[str]) -> None:
-    """``dsod train``/``dsod demo``: the allocator (re-exec), then the thread count; one line says what."""
+def configure_training_process(argv: List[str], keys: Dict[str, object], allow_ddp: bool = True) -> Optional[int]:
+    """``dsod train``/``dsod demo``: the allocator (re-exec), then how the cores are used; one line says
+    what. Returns an exit code when this process ran the training as the parent of CPU DDP workers
+    (``spawn_cpu_workers``), None when the caller should train in this process."""
     ensure_allocator(argv)
     import torch
 
     cfg = default_train_config()
+    procs = cpu_processes_for(keys, cfg.processes) if allow_ddp else 1
+    if procs > 1:
+        return spawn_cpu_workers(argv, keys, procs)
+    if "WORLD_SIZE" in os.environ:  # a worker (ours or torchrun's): the launcher said it all
+        return None
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(cfg.threads)
-    print(f"dsod: {allocator_note()}; {torch.get_num_threads()} thread(s) per process", flush=True)
+        torch.set_num_threads(cfg.threads * cfg.processes)
+    print(f"dsod: {allocator_note()}; one process, {torch.get_num_threads()} thread(s)", flush=True)
+    return None
+
+
+def cpu_processes_for(keys: Dict[str, object], default: int) -> int:
+    """How many DDP processes this ``dsod train`` run uses on the CPU: ``DSOD_CPU_PROCESSES`` or the
+    measured default; 1 under torchrun, on CUDA, on resume of a one-process run, or when ``batch``
+    does not split evenly into at least 2 images per process."""
+    if "WORLD_SIZE" in os.environ:
+        return 1
+    want = os.environ.get("DSOD_CPU_PROCESSES", "").strip()
+    procs = int(want) if want.isdigit() and int(want) > 0 else default
+    device = str(keys.get("device") or "auto")
+    if procs <= 1 or device.startswith("cuda"):
+        return 1
+    if device == "auto":
+        import torch
+        if torch.cuda.is_available():
+            return 1
+    if keys.get("resume"):
+        from .engine.checkpoint import load_checkpoint
+        return int(load_checkpoint(str(keys["resume"])).get("world_size") or 1)
+    batch = int(keys.get("batch") or 16)
+    return procs if batch % procs == 0 and batch // procs >= 2 else 1
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> int:
+    """Run ``dsod train`` as ``procs`` DDP processes on gloo, one thread each, the batch split between
+    them and BN statistics synchronised (``norm=syncbn``), so that the run trains like one process
+    with the whole batch (tests/test_train.py checks that equivalence). This process only waits: it
+    forwards Ctrl-C / SIGTERM to the workers (each saves last.pt) and returns rank 0's exit code."""
+    import signal
+    import subprocess
+    import time
+
+    args = [a for a in argv[1:] if not a.startswith(("batch=", "norm="))]
+    batch = int(keys.get("batch") or 16)
+    norm = str(keys.get("norm") or "bn")
+    if not keys.get("resume"):
+        args += [f"batch={batch // procs}", f"norm={'syncbn' if norm == 'bn' else norm}"]
+    port = _free_port()
+    print(f"dsod: {allocator_note()}; {procs} DDP processes on gloo x 1 thread (batch {batch // procs} each, "
+          f"BN synchronised); DSOD_CPU_PROCESSES=1 for one process", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs)}
+    children = [subprocess.Popen([sys.executable, "-m", "dsod", argv[0], *args],
+                                 env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(procs)]
+
+    def forward(signum, frame):
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(c.poll() is None for c in children):
+            failed = [c for c in children if c.poll() not in (None, 0)]
+            if failed:  # one worker died: the others would wait in a collective forever
+                time.sleep(5)
+                for c in children:
+                    if c.poll() is None:
+                        c.terminate()
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return children[0].returncode
 
 
 def default_train_config(cores: Optional[int] = None):

@@ -150,7 +150,7 @@ def _child(spec: Dict[str, Any]) -> Dict[str, Any]:
     g = torch.Generator().manual_seed(rank)
     model, size, step = _build_step(spec["kind"], spec["name"], cfg, spec.get("imgsz"), ddp)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    batch, times = int(spec["batch"]), []
+    batch, times, cpu_times = int(spec["batch"]), [], []
     for i in range(int(spec["steps"]) + 1):
         x = torch.randn(batch, 3, size, size, generator=g) * 50
         targets = []
@@ -158,13 +158,16 @@ def _child(spec: Dict[str, Any]) -> Dict[str, Any]:
             xy = torch.rand(3, 2, generator=g) * 0.6
             wh = torch.rand(3, 2, generator=g) * 0.3 + 0.05
             targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, 3, (3,), generator=g)})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         step(x, targets).backward()
         opt.step()
         if i > 0:  # the first step pays one-off initialisations
             times.append(time.perf_counter() - t0)
-    out = {"step_s": statistics.median(times), "peak_rss": _peak_rss_bytes()}
+            cpu_times.append(time.process_time() - c0)
+    # CPU seconds (user + system, all threads of this process) beside wall seconds: on a loaded
+    # machine they still compare single-threaded configurations (allocators: page faults are system time)
+    out = {"step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu_times), "peak_rss": _peak_rss_bytes()}
     if not ddp and cfg.allocator != "jemalloc":
         out["peak_live"] = live_peak_bytes(lambda: (opt.zero_grad(set_to_none=False), step(x, targets).backward()))
     if ddp:
@@ -212,7 +215,8 @@ def run_probe(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig,
             return {"error": f"probe process failed ({p.returncode}): {tail}"}
         results.append(json.loads(lines[-1]))
     live = [r.get("peak_live") for r in results]
-    return {"step_s": max(r["step_s"] for r in results), "peak_rss": sum(r["peak_rss"] for r in results),
+    return {"step_s": max(r["step_s"] for r in results), "step_cpu_s": sum(r["step_cpu_s"] for r in results),
+            "peak_rss": sum(r["peak_rss"] for r in results),
             "peak_live": live[0] if len(live) == 1 else None}
 
 
@@ -235,7 +239,8 @@ def train_cost(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig = 
     return {"config": cfg.label(), **dataclasses.asdict(cfg), "memory_gb_per_image": per_image / 1e9,
             "live_gb_per_image": live, "peak_rss_gb": {str(k): v["peak_rss"] / 1e9 for k, v in res.items()},
             "step_ms": {str(k): v["step_s"] * 1e3 for k, v in res.items()},
-            "train_ms_per_image": res[batch]["step_s"] * 1e3 / batch, "train_img_s": batch / res[batch]["step_s"]}
+            "train_ms_per_image": res[batch]["step_s"] * 1e3 / batch, "train_img_s": batch / res[batch]["step_s"],
+            "cpu_s_per_image": res[batch]["step_cpu_s"] / batch}
 
 
 if __name__ == "__main__":

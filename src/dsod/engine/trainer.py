@@ -343,7 +343,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.use_amp else None,
             "rng": rng_state(), "history": self.history, "best_fitness": self.best_fitness,
-            "dataset_format": self.info.format,
+            "dataset_format": self.info.format, "world_size": self.world,
         })
         return p
 
