@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .engine.memory import ALLOCATORS, active_allocator, allocator_env, find_jemalloc
 
