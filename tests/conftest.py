@@ -16,3 +16,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared datasets not found at {SHARED_DATA} (set DSOD_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    # tests/test_cuda.py: run on a GPU machine with `pytest -m cuda` (benchmarks/gpu_check.py does);
+    # they skip where CUDA is not available, so the suite itself never needs a GPU
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")

@@ -79,7 +79,8 @@ def _random_iou(gen, num_gt, num_anchors):
     elif kind == 1:  # heavy ties
         iou = torch.randint(0, 5, (num_gt, num_anchors), generator=gen).float() / 4
     elif kind == 2:  # sparse, like real boxes: most pairs do not overlap
-        iou = torch.rand(num_gt, num_anchors, generator=gen) * (torch.rand(num_gt, num_anchors, generator=gen) < 0.2)
+        keep = torch.rand(num_gt, num_anchors, generator=gen) < 0.2
+        iou = torch.rand(num_gt, num_anchors, generator=gen) * keep
     else:  # the 1e-6 cut-off
         levels = torch.tensor([0.0, 1e-6, 2e-6, 0.3, 0.5, 0.5, 0.7])
         iou = levels[torch.randint(0, len(levels), (num_gt, num_anchors), generator=gen)]

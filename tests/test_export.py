@@ -9,6 +9,7 @@ from dsod.engine.checkpoint import model_payload, save_checkpoint
 from dsod.export import DecodedDetector, export_main, load_batch
 from dsod.onnx_backend import OnnxDetector, list_images, read_rgb
 from dsod.postprocess import PostProcessor
+from helpers import assert_norm_close
 
 NAMES = ["WBC", "RBC", "Platelets"]
 
@@ -73,8 +74,10 @@ def test_onnx_matches_eager_on_real_images_with_dynamic_batch(exported, bccd_ima
         with torch.no_grad():
             rb, rs = ref(torch.from_numpy(batch))
         assert boxes.shape == (n, model.anchors_cxcywh.shape[0], 4) and scores.shape[-1] == len(NAMES)
-        np.testing.assert_allclose(boxes, rb.numpy(), atol=1e-5)
-        np.testing.assert_allclose(scores, rs.numpy(), atol=1e-5)
+        # ONNX Runtime's kernels vs PyTorch's: norm-relative, as their summation orders differ per
+        # CPU (measured on an AMD EPYC, AVX2: boxes 2e-8, scores 7e-8)
+        assert_norm_close(boxes, rb.numpy(), 1e-5, "boxes")
+        assert_norm_close(scores, rs.numpy(), 1e-5, "scores")
 
 
 def test_onnx_backend_detections_match_eager_pipeline(exported, bccd_images):
@@ -90,7 +93,7 @@ def test_onnx_backend_detections_match_eager_pipeline(exported, bccd_images):
         want = post(*model(x), model.anchors_cxcywh, image_sizes=[im.shape[:2] for im in rgb])
     for g, w in zip(got, want):
         assert len(g["boxes"]) == len(w["boxes"]) > 0
-        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-2, rtol=1e-4)
+        assert_norm_close(g["boxes"], w["boxes"], 1e-5, "boxes")  # measured: 2e-8
         assert set(g["names"]) <= set(NAMES)
 
 

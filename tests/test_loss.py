@@ -114,7 +114,8 @@ def _bccd_like_batch(gen, n, num_anchors, classes=3):
         g = 0 if i == 1 else int(torch.randint(5, 29, (1,), generator=gen))
         xy = torch.rand(g, 2, generator=gen) * 0.75
         wh = torch.rand(g, 2, generator=gen) * 0.2 + 0.05
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, classes, (g,), generator=gen)})
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1),
+                        "labels": torch.randint(0, classes, (g,), generator=gen)})
     loc = torch.randn(n, num_anchors, 4, generator=gen, requires_grad=True)
     logits = torch.randn(n, num_anchors, classes + 1, generator=gen, requires_grad=True)
     return loc, logits, targets

@@ -98,30 +98,48 @@ def test_interrupt_leaves_a_loadable_checkpoint(bccd_same_split, tmp_path):
 
 
 def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_path):
+    from helpers import free_port, rel_error
+
     common = [f"data={bccd_same_split}", "model=dsod-nano", "iterations=3", "workers=0", "val=false",
               "plots=false", "progress=false", f"project={tmp_path}", "max_images=8", "device=cpu", "lr=0.01",
-              "warmup=1", "norm=syncbn", "exist_ok=true"]
+              "warmup=1", "exist_ok=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "dsod", "train", "batch=4", "name=single", *common],
-                            capture_output=True, text=True, env=env, timeout=600)
+
+    def ddp(name, norm):
+        # a port free now, not a fixed one another run (or another test session) may hold
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    f"--master_port={free_port()}"]
+        cmd = [*launcher, "-m", "dsod", "train", "batch=2", f"name={name}", f"norm={norm}", *common]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    cmd = [sys.executable, "-m", "dsod", "train", "batch=4", "name=single", "norm=syncbn", *common]
+    single = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                          "-m", "dsod", "train", "batch=2", "name=ddp", *common],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    a = load_checkpoint(tmp_path / "single" / "weights" / "last.pt")
+    sync = ddp("ddp", "syncbn")
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "single" / "weights" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
     assert b["train_args"]["batch"] == 2
-    # float tolerance: SyncBN sums E[x], E[x^2] across processes, native BN reduces in another order;
-    # the stem's running variances reach ~1e4
-    differ = [k for k in a["model"] if a["model"][k].is_floating_point()
-              and not torch.allclose(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-5)]
-    assert differ == []
+    # Norm-relative tolerance: SyncBN sums E[x], E[x^2] across processes, native BN reduces in
+    # another order, and that order differs between CPUs (an Intel AVX-512 machine moved single
+    # elements near 0 of neck running means by 1.3e-4 after 3 steps, failing rtol=1e-3/atol=1e-5).
+    # Measured on an AMD EPYC (AVX2): at most 5e-5 for any tensor; per-process BN (below): median 2e-2.
+    tol = 1e-3
+    floats = [k for k in a if a[k].is_floating_point()]
+    errors = {k: rel_error(a[k], b["model"][k]) for k in floats}
+    assert [k for k in floats if errors[k] > tol] == [], sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+    # The tolerance still catches a real bug: per-process BN statistics (what DDP without SyncBN
+    # computes, batch 2 per process) move most tensors far outside it.
+    local = ddp("ddp_bn", "bn")
+    assert local.returncode == 0, local.stderr[-3000:]
+    c = load_checkpoint(tmp_path / "ddp_bn" / "weights" / "last.pt")["model"]
+    differ = [k for k in floats if rel_error(a[k], c[k]) > tol]
+    assert len(differ) > len(floats) // 3, (len(differ), len(floats))
     # and the weights did move: the comparison is not between two untouched initialisations
     from dsod.model import build_model
     torch.manual_seed(0)
     init = build_model("dsod-nano", num_classes=4).state_dict()
-    assert any(not torch.allclose(init[k], a["model"][k]) for k in init if init[k].is_floating_point())
+    assert any(not torch.allclose(init[k], a[k]) for k in init if init[k].is_floating_point())
 
 
 def test_small_preset_fits_the_bccd_images_it_trained_on(bccd_same_split, tmp_path):

@@ -69,7 +69,8 @@ class MultiBoxLoss(nn.Module):
         pos = matched >= 0
         safe = matched.clamp(min=0)
         # each default box's ground truth, gathered from the padded (N, G) / (N, G, 4) batch
-        labels = pad_sequence([t["labels"].to(device, torch.long).reshape(-1) for t in targets], batch_first=True)
+        labels = pad_sequence([t["labels"].to(device, torch.long).reshape(-1) for t in targets],
+                              batch_first=True)
         cls = torch.where(pos, labels.gather(1, safe) + 1, torch.zeros_like(matched))
         gt = pad_sequence(boxes, batch_first=True).gather(1, safe[:, :, None].expand(n, num_anchors, 4))
         loc = encode(xyxy_to_cxcywh(gt), anchors_cxcywh, self.variances)
