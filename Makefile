@@ -23,11 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# docs/RESULTS.md: the BCCD recipe (~1 hour on one CPU core) and the CPU-scale ablation (resumable;
+# docs/RESULTS.md: the BCCD recipe (one DDP process per core, dsod.launch) and the CPU-scale ablation (resumable;
 # run `make ablation` once per free core to share the queue).
 SHARED ?= ../shared/data
 bccd: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m dsod train data=$(SHARED)/bccd model=dsod-tiny-bccd augment=light flipud=0.5 \
+	$(PY) -m dsod train data=$(SHARED)/bccd model=dsod-tiny-bccd augment=light flipud=0.5 \
 	    optimizer=adamw lr=5e-3 weight_decay=0.05 no_decay_norm=true schedule=cosine bn_decay=0.99 \
 	    batch=16 iterations=650 val_interval=65 workers=0 seed=0 name=bccd-recipe exist_ok=true
 	$(PY) -m dsod val data=$(SHARED)/bccd model=runs/bccd-recipe/weights/best.pt \

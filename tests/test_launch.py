@@ -33,7 +33,7 @@ def test_dsod_train_runs_cpu_ddp_workers_and_forwards_ctrl_c(shared_data, tmp_pa
     assert proc.returncode == 130, err[-2000:]
     assert "2 DDP processes on gloo" in out
     args = yaml.safe_load((tmp_path / "ddp" / "args.yaml").read_text())
-    assert args["world_size"] == 2 and args["batch"] == 2 and args["norm"] == "syncbn"
+    assert args["world_size"] == 2 and args["batch"] == 2 and args["norm"] == "bn"
     assert args["effective_batch"] == 4 and args["threads"] == 1
     assert args["allocator"] == ("jemalloc" if find_jemalloc() else "glibc")
     ckpt = load_checkpoint(last)

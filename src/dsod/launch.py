@@ -3,11 +3,12 @@ are used. Only ``dsod.cli.main`` calls this; a program that imports dsod and cal
 its own allocator and thread count.
 
 Decided at start (measured with ``dsod bench``'s training section, docs/PERFORMANCE.md):
-- allocator: jemalloc with ``torch.backends.xeon.run_cpu``'s settings where it is installed (fast
-  and lean), else glibc's defaults (fast, ~50% more memory per image). The process re-executes itself
+- allocator: jemalloc (``engine.memory.JEMALLOC_CONF``) where it is installed (fastest measured and
+  leaner than glibc), else glibc's defaults. The process re-executes itself
   once with ``LD_PRELOAD`` set (an allocator cannot be swapped in a running process).
   ``DSOD_ALLOCATOR=glibc|mmap1m|jemalloc`` chooses; ``MALLOC_*``/``LD_PRELOAD`` set by the user win.
-- cores: ``CPU_PROCESSES`` (DDP on gloo, one thread each) or one process with all cores as threads.
+- cores: one DDP process per core on gloo, one thread each, the batch split (``CPU_PROCESSES``;
+  ``DSOD_CPU_PROCESSES=N`` chooses), or one process when the batch does not split.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def ensure_allocator(argv: List[str]) -> Optional[str]:
 def allocator_note() -> str:
     a = active_allocator()
     if a == "glibc" and not find_jemalloc():
-        return "allocator glibc (jemalloc not installed: apt-get install libjemalloc2 for ~1/3 less training memory)"
+        return "allocator glibc (jemalloc not installed: apt-get install libjemalloc2 for faster, leaner training)"
     return f"allocator {a} (DSOD_ALLOCATOR=glibc|mmap1m|jemalloc overrides)"
 
 
@@ -112,21 +113,21 @@ def _free_port() -> int:
 
 def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> int:
     """Run ``dsod train`` as ``procs`` DDP processes on gloo, one thread each, the batch split between
-    them and BN statistics synchronised (``norm=syncbn``), so that the run trains like one process
-    with the whole batch (tests/test_train.py checks that equivalence). This process only waits: it
-    forwards Ctrl-C / SIGTERM to the workers (each saves last.pt) and returns rank 0's exit code."""
+    them. BN statistics stay per process (``norm=bn``), as the original's per-GPU Caffe BN (4 images
+    per GPU): synchronising them (``norm=syncbn``) cost more than the second core gave on CPU. The
+    loss is normalised over the global batch. This process only waits: it forwards Ctrl-C / SIGTERM
+    to the workers (each saves last.pt) and returns rank 0's exit code."""
     import signal
     import subprocess
     import time
 
-    args = [a for a in argv[1:] if not a.startswith(("batch=", "norm="))]
+    args = [a for a in argv[1:] if not a.startswith("batch=")]
     batch = int(keys.get("batch") or 16)
-    norm = str(keys.get("norm") or "bn")
     if not keys.get("resume"):
-        args += [f"batch={batch // procs}", f"norm={'syncbn' if norm == 'bn' else norm}"]
+        args.append(f"batch={batch // procs}")
     port = _free_port()
-    print(f"dsod: {allocator_note()}; {procs} DDP processes on gloo x 1 thread (batch {batch // procs} each, "
-          f"BN synchronised); DSOD_CPU_PROCESSES=1 for one process", flush=True)
+    print(f"dsod: {allocator_note()}; {procs} DDP processes on gloo x 1 thread, batch {batch // procs} each "
+          f"(BN per process; norm=syncbn shares it); DSOD_CPU_PROCESSES=1 for one process", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs)}
     children = [subprocess.Popen([sys.executable, "-m", "dsod", argv[0], *args],
@@ -166,4 +167,7 @@ def default_train_config(cores: Optional[int] = None):
 
 
 def CPU_PROCESSES(cores: int) -> int:  # noqa: N802 - a measured rule, see the module docstring
-    return 1
+    # One process per core, one thread each: dsod-tiny-bccd at batch 16 on the 2-core AMD EPYC under
+    # load 3.2 stepped in 4.8 s as 2 processes, 6.7 s as 1 process x 1 thread and 7.7 s with 2 threads
+    # (OpenMP barriers wait for descheduled threads); SyncBN made 2 processes 8.7 s (docs/PERFORMANCE.md).
+    return max(1, cores)
