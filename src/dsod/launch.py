@@ -70,15 +70,15 @@ def configure_training_process(argv: List[str], keys: Dict[str, object], allow_d
     ensure_allocator(argv)
     import torch
 
-    cfg = default_train_config()
-    procs = cpu_processes_for(keys, cfg.processes) if allow_ddp else 1
+    procs = cpu_processes_for(keys, default_train_config().processes) if allow_ddp else 1
     if procs > 1:
         return spawn_cpu_workers(argv, keys, procs)
     if "WORLD_SIZE" in os.environ:  # a worker (ours or torchrun's): the launcher said it all
         return None
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(cfg.threads * cfg.processes)
-    print(f"dsod: {allocator_note()}; one process, {torch.get_num_threads()} thread(s)", flush=True)
+    # one process (demo, a batch that does not split, DSOD_CPU_PROCESSES=1): PyTorch's own thread
+    # count (all cores, or OMP_NUM_THREADS; 1 is safer on a machine other jobs keep busy)
+    print(f"dsod: {allocator_note()}; one process, {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS= sets it)",
+          flush=True)
     return None
 
 
