@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -497,5 +498,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dsod {name}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dsod {name}: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not one per DDP worker
+            print(f"dsod {name}: interrupted", file=sys.stderr)
         return 130
