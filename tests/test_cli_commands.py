@@ -22,7 +22,11 @@ def test_train_writes_a_results_folder(trained):
     run = best.parent.parent
     for f in ("args.yaml", "results.csv", "results.png", "train_batch0.jpg", "weights/last.pt", "weights/best.pt"):
         assert (run / f).exists(), f
-    assert load_checkpoint(best)["iteration"] == 3
+    assert load_checkpoint(run / "weights" / "last.pt")["iteration"] == 3
+    import csv
+    rows = list(csv.DictReader(open(run / "results.csv")))
+    best_row = max(rows, key=lambda r: float(r["voc07_map50"]))  # the first of equal scores stays best
+    assert load_checkpoint(best)["iteration"] == int(best_row["iteration"])
 
 
 def test_val_with_a_model_and_with_a_detections_file(trained, capsys):

@@ -197,7 +197,7 @@ def test_int8_keeps_named_parts_in_float(exported, bccd_images, tmp_path):
 
 
 def test_int8_isa_flags_are_read_from_cpuinfo():
-    from dsod.export import int8_bf16_isa
+    from dsod.hardware import int8_bf16_isa
 
     zen1 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
     sapphire = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8\n"
