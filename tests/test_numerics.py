@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from dsod import hardware
-from dsod.engine.memory import active_allocator, allocator_env, find_jemalloc
+from dsod.engine.memory import JEMALLOC_CONF, active_allocator, allocator_env, find_jemalloc
 from dsod.engine.numerics import CHANNELS_LAST_CPU, decide_numerics
 
 ZEN1 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
@@ -41,7 +41,7 @@ def test_allocator_environments():
         allocator_env("tcmalloc")
     if find_jemalloc():
         env = allocator_env("jemalloc")
-        assert "libjemalloc" in env["LD_PRELOAD"] and "oversize_threshold:1" in env["MALLOC_CONF"]
+        assert "libjemalloc" in env["LD_PRELOAD"] and env["MALLOC_CONF"] == JEMALLOC_CONF
     else:
         with pytest.raises(FileNotFoundError, match="apt-get install libjemalloc2"):
             allocator_env("jemalloc")
@@ -60,3 +60,17 @@ def test_train_from_python_keeps_the_callers_process_settings(shared_data, tmp_p
     args = yaml.safe_load((tmp_path / "lib" / "args.yaml").read_text())
     assert args["allocator"] == before_alloc and args["threads"] == before_threads
     assert args["numerics"].startswith("numerics: ")
+
+
+def test_bench_training_section_measures_each_configuration_in_fresh_processes():
+    from dsod.bench_train import OLD_DEFAULT, training_section
+    from dsod.launch import default_train_config
+
+    sec = training_section("dsod-nano", batch=8, steps=1, peers=[], cores=2, only=["channels_last"])
+    res = sec["results"]
+    assert set(res) == {"old_default", "new_default", "channels_last"}, res
+    assert res["old_default"]["config"] == OLD_DEFAULT.label() == "mmap1m/nchw/fp32/1x1t"
+    assert res["new_default"]["config"] == default_train_config(2).label()
+    assert res["old_default"]["speedup_vs_old_default"] == 1.0
+    for r in res.values():
+        assert r["train_img_s"] > 0 and r["cpu_s_per_image"] > 0 and r["peak_rss_gb"]["8"] > 0.1

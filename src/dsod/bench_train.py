@@ -40,7 +40,7 @@ def training_section(name: str, batch: int, steps: int, peers: List[str], cores:
     new = cfgs["new_default"]
     jobs = {k: ("ours", name, c) for k, c in cfgs.items()}
     for p in peers:  # torchvision's models as they come (NCHW fp32), on the new default's cores/allocator
-        jobs[p] = ("peer", p, dataclasses.replace(new, channels_last=False, bf16=False, memory_efficient=True))
+        jobs[p] = ("peer", p, dataclasses.replace(new, channels_last=False, bf16=False))
     runs: Dict[str, List[Dict[str, Any]]] = {k: [] for k in jobs}
     for _ in range(max(1, rounds)):
         for key, (kind, model, cfg) in jobs.items():

@@ -33,14 +33,14 @@ class TrainConfig:
     bf16: bool = False
     threads: int = 1  # intra-op threads per process
     processes: int = 1  # DDP processes (gloo), the batch split between them
-    memory_efficient: bool = True
+    memory_efficient: Optional[bool] = None  # None: the preset's (on for the DSOD300/512 family)
     syncbn: bool = False  # BN statistics over all processes (SyncCaffeBatchNorm2d)
 
     def label(self) -> str:
         parts = [self.allocator, "channels_last" if self.channels_last else "nchw", "bf16" if self.bf16 else "fp32"]
         parts.append(f"{self.processes}x{self.threads}t" + ("-syncbn" if self.syncbn else ""))
-        if not self.memory_efficient:
-            parts.append("standard")
+        if self.memory_efficient is not None:
+            parts.append("memory_efficient" if self.memory_efficient else "standard")
         return "/".join(parts)
 
 
@@ -105,9 +105,10 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
         from ..loss import MultiBoxLoss
 
         model, mcfg = load_model(name, imgsz)
-        for mod in model.modules():  # dense blocks, stem and heads
-            if hasattr(mod, "memory_efficient"):
-                mod.memory_efficient = cfg.memory_efficient
+        if cfg.memory_efficient is not None:
+            for mod in model.modules():  # dense blocks, stem and heads
+                if hasattr(mod, "memory_efficient"):
+                    mod.memory_efficient = cfg.memory_efficient
         size = mcfg.image_size
         criterion = MultiBoxLoss(variances=mcfg.anchors.variances)
         anchors = model.anchors_cxcywh
@@ -226,6 +227,8 @@ def train_cost(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig = 
     processes), divided by the difference; images/s from the step time at ``batch``; the same
     difference of the live-tensor peak (``live_gb_per_image``, independent of fragmentation)."""
     lo_batch = small * cfg.processes
+    if batch <= lo_batch:
+        return {"config": cfg.label(), "error": f"batch {batch} must exceed {lo_batch} ({small} per process)"}
     res = {}
     for b in (lo_batch, batch):
         r = run_probe(kind, name, b, steps, cfg, imgsz)
