@@ -201,7 +201,6 @@ def part_speed(opts: Dict[str, Any], data: str, work: Path) -> Dict[str, Any]:
                 k: round(b[k]["ms_per_batch"] / a[k]["ms_per_batch"], 3) for k in ("net", "e2e")}
     b1 = result["dsod300"]["batch1"]["fp32"]["e2e"]["fps"]
     result["dsod300_batch1_fp32_e2e_over_paper"] = round(b1 / PAPER_FPS, 2)
-    del ours, peer
     return {"ok": True, **result}
 
 
