@@ -133,7 +133,10 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     children = [subprocess.Popen([sys.executable, "-m", "dsod", argv[0], *args],
                                  env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(procs)]
 
+    interrupted = []
+
     def forward(signum, frame):
+        interrupted.append(signum)
         for c in children:
             if c.poll() is None:
                 c.send_signal(signum)
@@ -151,7 +154,10 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return children[0].returncode
+    # Interrupted: the workers saved last.pt and exit 130, but a worker's interpreter can still die
+    # in teardown (seen under load: gloo's thread writing to a closed stdout, exit 250); the run was
+    # interrupted either way.
+    return 130 if interrupted else children[0].returncode
 
 
 def default_train_config(cores: Optional[int] = None):
