@@ -12,10 +12,10 @@ matplotlib and the model presets (for default-box coverage), which training does
 """
 from .dataset import DetectionDataset, SeededSampler, build_dataloader, collate, seed_worker
 from .images import MAX_PIXELS, ImageError, image_size, load_image, load_image_bgr
-from .records import DatasetInfo, ImageRecord
-from .spec import DatasetError, DatasetSpec, SplitReport, load_dataset
-from .transforms import (AUGMENT_MODES, SeededTransform, SSDBatchSamplerCrop, SSDPhotometricDistort, ToNetworkInput,
-                         augment_mode, denormalize, eval_transform, train_transform)
+from .records import DatasetError, DatasetInfo, ImageRecord, SplitReport
+from .spec import DatasetSpec, load_dataset
+from .transforms import (AUGMENT_MODES, SeededTransform, SSDBatchSamplerCrop, SSDPhotometricDistort,
+                         ToNetworkInput, augment_mode, denormalize, eval_transform, train_transform)
 
 __all__ = [
     "load_dataset", "DatasetSpec", "DatasetInfo", "ImageRecord", "DatasetError", "SplitReport",

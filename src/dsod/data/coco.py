@@ -12,7 +12,7 @@
   them, COCO evaluation needs them to ignore detections on crowds.
 - **Images without annotations** are kept as negatives. Ids may be 64-bit (Python ints).
 - Annotations pointing at unknown images or categories, malformed ``bbox``es, negative/zero sizes
-  are reported and skipped; boxes are checked like every reader's (``spec.check_boxes``).
+  are reported and skipped; boxes are checked like every reader's (``records.check_boxes``).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .images import MAX_PIXELS
-from .records import ImageRecord
-from .spec import DatasetError, RawImage, RawObject, SplitReport, build_records, read_image_size
+from .records import (DatasetError, ImageRecord, RawImage, RawObject, SplitReport, build_records,
+                      read_image_size)
 
 
 def load_coco_json(path: Path) -> dict:

@@ -42,8 +42,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from torchvision import tv_tensors
 
 from .images import MAX_PIXELS, ImageError, load_image
-from .records import ImageRecord
-from .spec import DatasetError
+from .records import DatasetError, ImageRecord
 
 
 class DetectionDataset(Dataset):

@@ -11,7 +11,7 @@ side (Roboflow/LabelImg exports). What real files do, and what we do about it:
 - ``<difficult>`` is kept per box; ``<truncated>`` only counted (``ImageRecord`` has no field for it,
   and neither SSD training nor VOC evaluation uses it); extra tags (``<occluded>``) are ignored.
 - ``<size>`` is checked against the image header, which wins (EXIF orientation applied).
-- Coordinates are kept as written (1-based devkit pixels are not shifted; see ``spec`` module doc).
+- Coordinates are kept as written (1-based devkit pixels are not shifted; see the ``records`` module doc).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .images import MAX_PIXELS, is_image_file
-from .spec import RawImage, RawObject, SplitReport, read_image_size
+from .records import RawImage, RawObject, SplitReport, read_image_size
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 

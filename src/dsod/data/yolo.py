@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from .images import MAX_PIXELS, is_image_file
-from .spec import RawImage, RawObject, SplitReport, read_image_size
+from .records import RawImage, RawObject, SplitReport, read_image_size
 
 _LABEL_FILES_IGNORED = {"classes.txt", "notes.txt", "readme.txt"}
 
