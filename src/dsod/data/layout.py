@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .lists import LIST_SUFFIXES, is_list_file
 from .records import DatasetError
 
 FORMATS = ("voc", "coco", "yolo")
@@ -148,36 +149,134 @@ def detect_format(entries: Dict[str, List[str]], root: Path, yaml_dir: Path) -> 
             found, _ = resolve_entry(entry, root, yaml_dir)
             if found is None:
                 continue
-            if found.is_file() and found.suffix.lower() == ".txt":
-                if (found.parent.parent.parent / "Annotations").is_dir():
-                    return "voc"
-                return "yolo"
+            if found.is_file() and is_list_file(found):
+                if len(found.parents) > 2 and (found.parents[2] / "Annotations").is_dir():
+                    return "voc"  # ImageSets/Main/x.txt
+                beside = [d / a for d in (found.parent, root) for a in ("Annotations", "annotations")]
+                return "voc" if any(_has(d, ".xml") for d in beside) else "yolo"
             if found.is_dir():
-                has_xml = any(x.suffix.lower() == ".xml" for x in found.iterdir())
-                if (found / "Annotations").is_dir() or has_xml:
-                    return "voc"
-                return "yolo"
+                return "voc" if (found / "Annotations").is_dir() or _has(found, ".xml") else "yolo"
     return "yolo"  # Ultralytics data.yaml is the YAML most users have
 
 
+# ---------------------------------------------------------------------------------- dataset folders
+# split folder / split list names -> split
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
+               "trainval": "trainval"}
+XML_DIRS = ("annotations", "Annotations", "xml", "xmls", "labels")  # where tools put VOC XML next to images/
+NAME_FILES = ("classes.txt", "labels/classes.txt", "obj.names", "classes.names")  # YOLO class lists
+
+
+def _has(folder: Path, suffix: str) -> bool:
+    return folder.is_dir() and any(f.suffix.lower() == suffix for f in folder.iterdir())
+
+
+def _split_lists(p: Path) -> Dict[str, List[str]]:
+    """``train.csv``, ``val.txt`` ... in ``p``: split -> [list file name]."""
+    out: Dict[str, List[str]] = {}
+    for stem, split in SPLIT_NAMES.items():
+        for suffix in LIST_SUFFIXES:
+            if split not in out and (p / f"{stem}{suffix}").is_file():
+                out[split] = [f"{stem}{suffix}"]
+    return out
+
+
+def _yolo_names(p: Path, label: str, notes: List[str]) -> Optional[List[str]]:
+    for rel in NAME_FILES:
+        f = p / rel
+        if f.is_file():
+            text = f.read_text(encoding="utf-8", errors="replace")
+            names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if names:
+                notes.append(f"{label}: {len(names)} class names from {rel}")
+                return names
+    return None
+
+
+def _entries_note(label: str, what: str, entries: Dict[str, List[str]]) -> str:
+    splits = "; ".join(f"{s}: {', '.join(e)}" for s, e in entries.items())
+    return f"{label}: {what}; {splits}"
+
+
 def read_folder(p: Path, data: str) -> Optional[Layout]:
-    """The layout of a dataset folder, or None when it holds a dataset YAML (read that instead)."""
+    """The layout of a dataset folder, or None when it holds a dataset YAML (read that instead).
+    Entries are relative to the folder, which is the root: ``data=voc`` must not look in ``voc/voc``."""
     label = f"data={data}"
-    if (p / "Annotations").is_dir():
-        sets = p / "ImageSets" / "Main"
-        entries = {s: [str(sets / f"{s}.txt")] for s in VOC_SPLIT_FILES if (sets / f"{s}.txt").is_file()}
+    if (p / "Annotations").is_dir():  # a VOC devkit root
+        entries = {s: [f"ImageSets/Main/{s}.txt"] for s in VOC_SPLIT_FILES
+                   if (p / "ImageSets" / "Main" / f"{s}.txt").is_file()}
         notes = []
         if not entries:
-            entries = {"train": [str(p)]}
-            notes.append(f"{label}: no ImageSets/Main/{{train,val,trainval,test}}.txt; every XML in "
-                         "Annotations/ is the 'train' split")
+            entries = _split_lists(p)
+            what = "splits from " + ", ".join(e[0] for e in entries.values())
+            if not entries:
+                entries, what = {"train": ["."]}, "every XML in Annotations/ is the 'train' split"
+            notes.append(f"{label}: no ImageSets/Main/{{train,val,trainval,test}}.txt; {what}")
         return Layout("voc", p, p, entries, notes=notes)
     if find_yaml(p) is not None:
         return None
-    if any(x.suffix.lower() == ".xml" for x in p.iterdir()):
-        return Layout("voc", p, p, {"train": [str(p)]}, notes=[f"{label}: a folder of VOC XML files: one split, 'train'"])
-    raise DatasetError(f"{label}: cannot tell the dataset format (no Annotations/ folder, no *.xml, "
-                       "no data.yaml); pass a dataset YAML")
+    if _has(p, ".xml"):
+        return Layout("voc", p, p, {"train": ["."]},
+                      notes=[f"{label}: a folder of VOC XML files: one split, 'train'"])
+    layout = _images_beside_annotations(p, label)
+    if layout is None:
+        layout = _split_folders(p, label)
+    if layout is None:
+        raise DatasetError(f"{label}: cannot tell the dataset format: expected a VOC root (Annotations/), "
+                           "a folder of *.xml, images/ with annotations/ (VOC XML) or labels/ (YOLO txt), "
+                           "train/ and val/ folders holding those, or a data.yaml; pass a dataset YAML")
+    return layout
+
+
+def _images_beside_annotations(p: Path, label: str) -> Optional[Layout]:
+    """``images/`` + ``annotations/`` (VOC XML) or ``labels/`` (YOLO txt); the splits from ``train.csv``
+    / ``val.txt`` ... lists in the folder, else from split subfolders, else one split, 'train'."""
+    if not (p / "images").is_dir():
+        return None
+    lists = _split_lists(p)
+    notes: List[str] = []
+    xml_dir = next((d for d in XML_DIRS if _has(p / d, ".xml") or any(
+        _has(p / d / sub, ".xml") for sub in SPLIT_NAMES)), None)
+    if xml_dir is not None:
+        fmt, names, what = "voc", None, f"images/ + {xml_dir}/ (VOC XML)"
+        subs = {SPLIT_NAMES[s]: [f"{xml_dir}/{s}"] for s in SPLIT_NAMES if _has(p / xml_dir / s, ".xml")}
+        entries = lists or subs or {"train": [xml_dir]}
+    elif (p / "labels").is_dir():
+        fmt, names, what = "yolo", _yolo_names(p, label, notes), "images/ + labels/ (YOLO txt)"
+        subs = {SPLIT_NAMES[s]: [f"images/{s}"] for s in SPLIT_NAMES if (p / "images" / s).is_dir()}
+        entries = lists or subs or {"train": ["images"]}
+    else:
+        raise DatasetError(f"{label}: images/ but no annotations/ (VOC XML) or labels/ (YOLO txt) beside it; "
+                           "pass a dataset YAML naming the annotations")
+    return Layout(fmt, p, p, entries, names, notes=[_entries_note(label, what, entries), *notes])
+
+
+def _split_folders(p: Path, label: str) -> Optional[Layout]:
+    """``train/``, ``valid/``, ``test/`` ... each holding ``images/`` + ``labels/`` (YOLO), ``images/``
+    + ``annotations/`` or XML files beside the images (VOC)."""
+    found: Dict[str, Tuple[str, str]] = {}
+    for sub, split in SPLIT_NAMES.items():
+        d = p / sub
+        if split in found or not d.is_dir():
+            continue
+        xml_dir = next((x for x in XML_DIRS if _has(d / x, ".xml")), None)
+        if (d / "images").is_dir() and (d / "labels").is_dir() and xml_dir != "labels":
+            found[split] = ("yolo", f"{sub}/images")
+        elif xml_dir is not None:
+            found[split] = ("voc", f"{sub}/{xml_dir}")
+        elif _has(d, ".xml"):
+            found[split] = ("voc", sub)
+    if not found:
+        return None
+    fmts = sorted({f for f, _ in found.values()})
+    if len(fmts) > 1:
+        raise DatasetError(f"{label}: the split folders mix formats: " +
+                           ", ".join(f"{e} ({f})" for f, e in found.values()) + "; pass a dataset YAML")
+    notes: List[str] = []
+    names = _yolo_names(p, label, notes) if fmts[0] == "yolo" else None
+    entries = {s: [e] for s, (_, e) in found.items()}
+    note = _entries_note(label, f"split folders ({fmts[0]})", entries)
+    return Layout(fmts[0], p, p, entries, names, notes=[note, *notes])
 
 
 def find_yaml(p: Path) -> Optional[Path]:

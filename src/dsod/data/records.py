@@ -55,7 +55,7 @@ LIKELY_FIX = {
     "zero-size box": "fix or delete these boxes in the annotation tool",
     "inverted box": "the coordinates are swapped or corrupt: re-export the annotations",
     "box clipped to the image": "boxes past the image border: were the images resized after annotating?",
-    "box outside the image": "boxes outside their image: were the images resized or renamed after annotating?",
+    "box outside the image": "boxes outside their image: were images resized or renamed after annotating?",
     "unusable image": "re-encode or remove these image files",
     "malformed annotation file": "re-export these annotation files",
     "un-normalised coordinates": "YOLO values are fractions of the image width/height (0-1), not pixels",

@@ -1,8 +1,17 @@
 """Pascal VOC XML reader.
 
-Sources are ``ImageSets/Main/<split>.txt`` id lists (ids resolve to ``<list>/../../Annotations/<id>.xml``
-and ``<list>/../../JPEGImages/<id>.<ext>``), VOC roots, or flat folders with XML and images side by
-side (Roboflow/LabelImg exports). What real files do, and what we do about it:
+Sources are split lists, VOC roots, or folders of XML files:
+- ``ImageSets/Main/<split>.txt`` id lists: ids resolve to ``<list>/../../Annotations/<id>.xml`` and
+  ``<list>/../../JPEGImages/<id>.<ext>``. Other ``.txt``/``.csv`` lists of image names or stems (``lists``)
+  use the ``Annotations/`` or ``annotations/`` folder beside them or in the dataset root, and the
+  ``JPEGImages/`` or ``images/`` folder beside that.
+- a folder of XML files with the images beside them (Roboflow/LabelImg exports), or, when there are
+  none, in ``JPEGImages/`` or ``images/`` next to the folder (``annotations/`` + ``images/``; also
+  ``annotations/train`` -> ``images/train``), noted.
+- ``images=`` (a YAML's ``images:``) names the image folder of every source instead; it may hold other
+  splits' images too, so its images without XML are not reported.
+
+What real files do, and what we do about it:
 - ``<bndbox>`` children in any order (Roboflow writes xmin, xmax, ymin, ymax): read by tag name;
   integer or decimal coordinates.
 - ``<path>`` (foreign absolute paths) and ``<folder>`` are ignored; the image is the file beside or
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .images import MAX_PIXELS, is_image_file
+from .lists import entry_stem, read_name_list
 from .records import RawImage, RawObject, SplitReport, read_image_size
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
@@ -65,50 +75,92 @@ def _pick(candidates: List[Path], stem: str) -> Path:
     return candidates[0]
 
 
-def _list_sources(sources: Sequence[Path], report: SplitReport) -> List[Tuple[Path, Path, Optional[str]]]:
+def _has_xml(folder: Path) -> bool:
+    return folder.is_dir() and any(f.suffix.lower() == ".xml" for f in folder.iterdir())
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(is_image_file(f) for f in folder.iterdir())
+
+
+def _list_folders(src: Path, root: Path) -> Optional[Tuple[Path, Path]]:
+    """(annotation folder, default image folder) of a split list: the devkit's
+    ``<base>/ImageSets/Main/x.txt`` -> ``<base>/Annotations`` + ``JPEGImages``; any other list (a
+    ``train.csv`` beside ``images/`` + ``annotations/``): the XML folder beside it or in the root."""
+    if len(src.parents) > 2 and (src.parents[2] / "Annotations").is_dir():
+        base = src.parents[2]
+        return base / "Annotations", base / "JPEGImages"
+    for d in (src.parent, root):
+        for ann in (d / "Annotations", d / "annotations"):
+            if _has_xml(ann):
+                return ann, _image_folder_near(ann) or ann.parent / "JPEGImages"
+    return (src.parent, src.parent) if _has_xml(src.parent) else None
+
+
+def _image_folder_near(xml_dir: Path) -> Optional[Path]:
+    """Where the images of an XML folder are when they are not beside the XMLs: ``JPEGImages/`` or
+    ``images/`` next to it, or the same-named split folder under them (``annotations/train`` ->
+    ``images/train``)."""
+    parent = xml_dir.parent
+    for c in (parent / "JPEGImages", parent / "images", parent.parent / "images" / xml_dir.name,
+              parent.parent / "JPEGImages" / xml_dir.name):
+        if c != xml_dir and _has_images(c):
+            return c
+    return None
+
+
+def _list_sources(sources: Sequence[Path], report: SplitReport, images: Optional[Path],
+                  root: Path) -> List[Tuple[Path, Path, Optional[str]]]:
     """(xml path, image folder, id) for every annotation named by the sources. Missing XMLs and, in
-    folder sources, images without XML are reported here."""
+    folder sources whose images are theirs alone (not a shared ``images:`` folder), images without
+    XML are reported here."""
     xml_cache: Dict[Path, Dict[str, Path]] = {}
     img_cache: Dict[Path, Dict[str, List[Path]]] = {}
     items: List[Tuple[Path, Path, Optional[str]]] = []
     for src in sources:
-        if src.is_file():  # an ImageSets/Main id list
-            base = src.parent.parent.parent
-            ann_dir, img_dir = base / "Annotations", base / "JPEGImages"
-            xmls = _xml_index(ann_dir, xml_cache)
-            try:
-                lines = src.read_text(encoding="utf-8", errors="replace").splitlines()
-            except OSError as e:
-                report.problem(src, f"cannot read the id list ({e.strerror or e})", "unreadable file")
+        if src.is_file():  # a split list: ImageSets/Main id list, or .txt/.csv of image names
+            folders = _list_folders(src, root)
+            if folders is None:
+                report.problem(src, "no annotation folder for this split list (looked for Annotations/ "
+                               "or annotations/ with XML files beside it and in the dataset root)",
+                               "missing annotation folder")
                 continue
+            ann_dir, img_dir = folders[0], images or folders[1]
+            xmls = _xml_index(ann_dir, xml_cache)
             seen = set()
-            for n, line in enumerate(lines, 1):
-                tok = line.split()
-                if not tok:
-                    continue
-                image_id = tok[0]
+            for n, entry in read_name_list(src, report):
+                image_id = entry_stem(entry)
                 if image_id in seen:
-                    report.problem(src, f"line {n}: id '{image_id}' listed twice; kept once", "duplicate id")
+                    report.problem(src, f"line {n}: id '{image_id}' listed twice; kept once", "duplicate id",
+                                   same="listed twice")
                     continue
                 seen.add(image_id)
                 xml = xmls.get(image_id.lower())
                 if xml is None:
                     report.problem(ann_dir / f"{image_id}.xml", f"annotation file not found (listed in "
-                                   f"{src.name} line {n}); image skipped", "missing annotation file")
+                                   f"{src.name} line {n}); image skipped", "missing annotation file",
+                                   same=f"listed in {src.name}")
                     continue
                 items.append((xml, img_dir, image_id))
-        else:  # a VOC root without id lists, or a flat folder of XML + images
-            if (src / "Annotations").is_dir():
-                ann_dir, img_dir = src / "Annotations", src / "JPEGImages"
-            else:
-                ann_dir = img_dir = src
-            xmls = _xml_index(ann_dir, xml_cache)
-            items.extend((xml, img_dir, None) for xml in xmls.values())
-            for key, files in _image_index(img_dir, img_cache).items():
-                if key not in xmls:
-                    for f in files:
-                        report.problem(f, "image has no XML annotation; skipped (an XML without <object> "
-                                       "makes it a negative)", "image without annotation")
+            continue
+        if (src / "Annotations").is_dir():  # a VOC root without id lists
+            ann_dir, img_dir = src / "Annotations", images or src / "JPEGImages"
+        else:  # a flat folder of XML, with the images beside them or in a folder of their own
+            ann_dir, img_dir = src, images or src
+            if images is None and not _has_images(src):
+                near = _image_folder_near(src)
+                if near is not None:
+                    img_dir = near
+                    report.note(src, f"no images beside the XML files; using {near}", "path fallbacks")
+        xmls = _xml_index(ann_dir, xml_cache)
+        items.extend((xml, img_dir, None) for xml in xmls.values())
+        if images is not None:
+            continue  # a shared image folder also holds the other splits' images
+        for key, files in _image_index(img_dir, img_cache).items():
+            if key not in xmls:
+                for f in files:
+                    report.problem(f, "image has no XML annotation; skipped (an XML without <object> "
+                                   "makes it a negative)", "image without annotation")
     return items
 
 
@@ -167,11 +219,14 @@ def parse_voc_xml(xml: Path, report: SplitReport):
     return filename, size, objects
 
 
-def read_voc(sources: Sequence[Path], report: SplitReport, max_pixels: int = MAX_PIXELS) -> List[RawImage]:
-    """Parse every annotation of the sources into ``RawImage``s (class keys = names as written)."""
+def read_voc(sources: Sequence[Path], report: SplitReport, max_pixels: int = MAX_PIXELS,
+             images: Optional[Path] = None, root: Optional[Path] = None) -> List[RawImage]:
+    """Parse every annotation of the sources into ``RawImage``s (class keys = names as written).
+    ``images``: the image folder of every source (a YAML's ``images:``) instead of the usual places;
+    ``root``: the dataset root, where split lists also look for ``annotations/``."""
     img_cache: Dict[Path, Dict[str, List[Path]]] = {}
     out: List[RawImage] = []
-    for xml, img_dir, image_id in _list_sources(sources, report):
+    for xml, img_dir, image_id in _list_sources(sources, report, images, root or Path(".")):
         parsed = parse_voc_xml(xml, report)
         if parsed is None:
             continue
@@ -182,8 +237,11 @@ def read_voc(sources: Sequence[Path], report: SplitReport, max_pixels: int = MAX
         if not found and filename:  # the XML names a differently-named image
             found = index.get(Path(filename).stem.lower())
         if not found:
+            hint = "" if img_dir.is_dir() else " (no such folder)"
             report.problem(xml, f"image not found (looked for {img_dir / stem}.* and <filename> "
-                           f"'{filename}'); skipped", "missing image")
+                           f"'{filename}'{hint}); skipped", "missing image", same=f"not in {img_dir}",
+                           fix=f"the images are looked for in {img_dir}: give their folder with images: "
+                               "in a dataset YAML")
             continue
         image = _pick(found, stem)
         wh = read_image_size(image, report, xml, max_pixels, annotated=size)

@@ -1,6 +1,8 @@
 """YOLO (Ultralytics) txt reader.
 
-Sources are image folders (searched recursively) or list files of image paths. The label of
+Sources are image folders (searched recursively) or split lists (``lists``: ``.txt`` of image paths,
+Ultralytics-style, or ``.txt``/``.csv`` of image names or stems, found in ``images/`` beside the list
+or in the dataset root). The label of
 ``.../images/<sub>/x.jpg`` is ``.../labels/<sub>/x.txt`` (Ultralytics: the last ``images`` path
 component becomes ``labels``); when the configured folder did not exist and a fallback was used, the
 label folder next to the *configured* path is tried too (coco128's ``object_detection/labels`` beside
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from .images import MAX_PIXELS, is_image_file
+from .lists import entry_stem, read_name_list
 from .records import RawImage, RawObject, SplitReport, read_image_size
 
 _LABEL_FILES_IGNORED = {"classes.txt", "notes.txt", "readme.txt"}
@@ -43,33 +46,48 @@ def _label_dir(folder: Path) -> Optional[Path]:
     return None
 
 
+def _walk_images(folder: Path) -> List[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if d != "labels")
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+    return out
+
+
+def _by_name(folders: Sequence[Path]) -> Dict[str, Path]:
+    """lower-case file name and stem -> image, over ``folders`` (for lists of bare names or stems)."""
+    index: Dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for f in _walk_images(folder):
+                index.setdefault(f.name.lower(), f)
+                index.setdefault(f.stem.lower(), f)
+    return index
+
+
 def _images_of(src: Path, root: Path, report: SplitReport) -> List[Path]:
     if src.is_dir():
-        out = []
-        for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if d != "labels")
-            out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
-        return out
+        return _walk_images(src)
     if is_image_file(src):
         return [src]
-    try:
-        lines = src.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        report.problem(src, f"cannot read the image list ({e.strerror or e})", "unreadable file")
-        return []
     out = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line).expanduser()
+    index: Optional[Dict[str, Path]] = None
+    for n, entry in read_name_list(src, report, whole_line=True):
+        p = Path(entry).expanduser()
         if not p.is_absolute():
             # Ultralytics: './x' is relative to the list's folder; try the dataset root as well
             cands = [src.parent / p, root / p]
             p = next((c for c in cands if c.exists()), cands[0])
+        if not p.is_file():  # a bare name or stem (a .csv of file names): look in images/
+            if index is None:
+                index = _by_name(list(dict.fromkeys((src.parent / "images", root / "images"))))
+            key = entry.replace("\\", "/").rsplit("/", 1)[-1].lower()
+            p = index.get(key) or index.get(entry_stem(entry).lower()) or p
         if not p.is_file():
             report.problem(p, f"image file not found (listed in {src.name} line {n}); skipped",
-                           "missing image")
+                           "missing image", same=f"listed in {src.name}",
+                           fix="list entries are image paths relative to the list's folder or the dataset "
+                               "root, or names of images in images/ there")
             continue
         out.append(p)
     return out
