@@ -261,6 +261,12 @@ def test_split_report_summarises_repeated_problems_only():
     assert lines[1:4] == [f"img/{i}.jpg: empty file (0 bytes); image skipped" for i in range(3)]
     assert rep.counts == {"zero-size box": 5, "unusable image": 3, "unknown class": 1}
     assert rep.summary().startswith("9 problem(s): 5 zero-size box")
+    # without same=, reasons that differ only in numbers and quoted values are the same problem
+    other = SplitReport("train")
+    for i, tok in enumerate("abcd"):
+        other.problem(f"l/{i}.txt", f"line {i + 2}: non-numeric value '{tok}'; skipped", "non-numeric")
+    other.problem("l/9.txt", "line 3: class id '1.5' is not an integer; skipped", "non-numeric")
+    assert len(other.problems) == 2 and other.problems[0].startswith("l/0.txt: line 2: non-numeric value 'a'")
     for i in range(4):  # notes too: many negatives are one line
         rep.note(f"img/n{i}.jpg", "no label file: used as a negative (no objects)", "negatives")
     assert len(rep.notes) == 1 and "[4 times in 4 files" in rep.notes[0]

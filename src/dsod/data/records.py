@@ -25,6 +25,7 @@ boxes partly outside the image are clipped to it; boxes entirely outside are ski
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,12 @@ class _Line(NamedTuple):
         return f"{self.file}: {self.reason}" if self.file else self.reason
 
 
+def _shape(reason: str) -> str:
+    """A reason with its numbers and quoted values masked: what stays is the problem itself
+    ("line 7: non-numeric value 'x'" and "line 9: non-numeric value 'y'" are the same problem)."""
+    return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "'*'", reason))
+
+
 def _summarise(lines: Sequence[_Line]) -> List[str]:
     """Every line, except that a group of more than ``SUMMARY_AFTER`` lines becomes one, at its first
     occurrence: that line, then the count, the first files and the likely fix."""
@@ -148,11 +155,12 @@ class SplitReport:
 
     def problem(self, file: Union[str, Path], reason: str, kind: str, same: Optional[str] = None,
                 fix: Optional[str] = None) -> None:
-        """Report a problem. ``same``: what identifies the problem across files when ``reason`` holds
-        per-file details (a box's coordinates, a path); lines of one kind and the same ``same`` (by
-        default: the same reason) are summarised together. ``fix``: the likely fix, when the reader
-        knows it better than ``LIKELY_FIX[kind]``."""
-        line = _Line(str(file), reason, (kind, reason if same is None else same), fix or LIKELY_FIX.get(kind))
+        """Report a problem. Lines of one kind and the same ``same`` are summarised together when there
+        are many; ``same`` defaults to the reason with its numbers and quoted values masked, and is
+        given where a reason holds other per-file details (a path). ``fix``: the likely fix, when the
+        reader knows it better than ``LIKELY_FIX[kind]``."""
+        key = (kind, _shape(reason) if same is None else same)
+        line = _Line(str(file), reason, key, fix or LIKELY_FIX.get(kind))
         if self.strict:
             raise DatasetError(line.text())
         self._problems.append(line)
@@ -163,7 +171,7 @@ class SplitReport:
         """An informational line (``file`` None: ``reason`` is the whole line); ``kind`` is counted in
         ``stats``; ``same`` as for ``problem``."""
         self._notes.append(_Line("" if file is None else str(file), reason,
-                                 (kind, reason if same is None else same), None))
+                                 (kind, _shape(reason) if same is None else same), None))
         if kind:
             self.stats[kind] += 1
 
