@@ -240,6 +240,8 @@ def test_no_val_split_is_derived_when_there_is_one(shared_data):
     spec = load_dataset(shared_data / "bccd", val_fraction=0.15)
     assert spec.splits == ["train", "val", "trainval"] and spec.derived_val is None
     assert (len(spec.records("train")), len(spec.records("val"))) == (205, 87)
+    with pytest.raises(DatasetError, match="val_fraction=-0.1 must be in"):  # checked even when unused
+        load_dataset(shared_data / "bccd", val_fraction=-0.1)
     one = load_dataset(shared_data / "roboflow_fixtures" / "chess", val_fraction=0.15)  # 11 images, no val
     assert (len(one.records("train")), len(one.records("val"))) == (9, 2)
 

@@ -65,6 +65,8 @@ class DatasetSpec:
             raise DatasetError(f"data={data}: unknown format '{layout.fmt}'; valid: {', '.join(FORMATS)}")
         if not layout.entries:
             raise DatasetError(f"data={data}: no splits defined (expected train/val/test keys)")
+        if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+            raise DatasetError(f"data={data}: val_fraction={val_fraction:g} must be in [0, 1)")
         self.data, self.format, self.root, self.yaml_dir = data, layout.fmt, layout.root, layout.yaml_dir
         self.strict, self.max_pixels = strict, max_pixels
         self.images = layout.images
@@ -231,8 +233,6 @@ class DatasetSpec:
         file names and ``seed`` (a hash of both), not on the order the files are listed in, so a rerun,
         another machine or a copy of the dataset holds out the same images; ``listed`` (the
         ``derived_val`` of an earlier run) holds out exactly those instead."""
-        if not 0.0 <= fraction < 1.0:
-            raise DatasetError(f"data={self.data}: val_fraction={fraction:g} must be in [0, 1)")
         records = self.records("train")
         rel = {id(r): _relative(r.path, self.root) for r in records}
         if listed:
