@@ -15,7 +15,19 @@ from PIL import Image
 
 from dsod.data import (DatasetError, DetectionDataset, ImageError, eval_transform, image_size, load_dataset,
                        load_image)
-from dsod.data.check import check, format_report
+from dsod.data.check import DefaultBoxSet, check, format_report
+
+
+def preset_boxes(name):
+    """A preset's default boxes for ``check`` (the data layer takes them from the caller)."""
+    from dsod.anchors import default_boxes
+    from dsod.boxes import cxcywh_to_xyxy
+    from dsod.config import get_config
+    from dsod.model import feature_sizes
+
+    cfg = get_config(name)
+    return [DefaultBoxSet(name, cfg.image_size,
+                          cxcywh_to_xyxy(default_boxes(cfg.anchors, cfg.image_size, feature_sizes(cfg))))]
 
 
 @pytest.fixture(autouse=True)
@@ -305,7 +317,7 @@ def test_dataset_skips_images_that_fail_to_decode(broken_voc):
 # ----------------------------------------------------------------------------------------- check
 def test_check_on_broken_data_lists_every_problem(broken_voc, tmp_path):
     out = tmp_path / "out"
-    res = check(broken_voc, model="dsod-nano", out_dir=out)
+    res = check(broken_voc, preset_boxes("dsod-nano"), out_dir=out)
     s = res["splits"]["train"]
     assert s["problem_counts"] == {**READ_PROBLEMS, "unusable image": 4}  # + trunc.jpg, found by decoding
     assert s["images"] == 3
@@ -315,11 +327,11 @@ def test_check_on_broken_data_lists_every_problem(broken_voc, tmp_path):
         assert p in report
     assert (out / "labels_train.png").stat().st_size > 0
     with pytest.raises(DatasetError):
-        check(broken_voc, model=None, strict=True)
+        check(broken_voc, strict=True)
 
 
 def test_check_bccd_statistics_coverage_and_plots(shared_data, tmp_path):
-    res = check(shared_data / "bccd", model="dsod300", out_dir=tmp_path, samples=4)
+    res = check(shared_data / "bccd", preset_boxes("dsod300"), out_dir=tmp_path, samples=4)
     assert res["names"] == ["Platelets", "RBC", "WBC"] and res["num_default_boxes"] == 8744
     tr = res["splits"]["train"]
     assert (tr["images"], tr["boxes"], tr["images_without_boxes"]) == (205, 2804, 0)

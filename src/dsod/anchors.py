@@ -4,6 +4,8 @@ Derived from the feature-map sizes the network actually produces (see ``model.fa
 a hand-kept list. Order: source, row, column, then per location
 [min x min, sqrt(min*max) square, ratio r_1, 1/r_1, r_2, 1/r_2, ...]; a box of ratio r has width
 min*sqrt(r) and height min/sqrt(r). Centres at ((j + offset) * step, (i + offset) * step).
+Sizes: SSD's rule from two ratios (``ssd_sizes``), or explicit per-source ``min_sizes``/``max_sizes``
+(what ``model.anchor_fit`` writes when it fits the default boxes to a dataset).
 
 Reproduced quirk of the released DSOD300 code: its 2x2 last map keeps SSD's step of 300 px, so the
 centres sit at 150 and 450 px and three of its four locations lie outside the image (normalised 1.5).
@@ -56,31 +58,59 @@ def resolve_aspect_ratios(cfg: AnchorConfig, num_sources: int) -> Tuple[Tuple[fl
     return tuple(tuple(float(r) for r in a) for a in ars)
 
 
-def default_boxes(cfg: AnchorConfig, image_size: int, feature_sizes: Sequence[Tuple[int, int]],
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """All default boxes, ``cxcywh`` normalised by the image size, shape (num_anchors, 4)."""
-    n = len(feature_sizes)
-    min_sizes, max_sizes = ssd_sizes(image_size, n, cfg.size_ratios, cfg.first_sizes)
-    ratios = resolve_aspect_ratios(cfg, n)
+def source_sizes(cfg: AnchorConfig, image_size: int, num_sources: int) -> Tuple[List[float], List[float]]:
+    """Min/max sizes in pixels per source: the explicit ``min_sizes``/``max_sizes`` (percent, set by a
+    fit to the data) where given, else SSD's rule."""
+    if (cfg.min_sizes is None) != (cfg.max_sizes is None):
+        raise ValueError("anchors.min_sizes and anchors.max_sizes go together")
+    if cfg.min_sizes is None:
+        return ssd_sizes(image_size, num_sources, cfg.size_ratios, cfg.first_sizes)
+    if len(cfg.min_sizes) != num_sources or len(cfg.max_sizes) != num_sources:
+        raise ValueError(f"anchors.min_sizes/max_sizes have {len(cfg.min_sizes)}/{len(cfg.max_sizes)} entries "
+                         f"for {num_sources} sources")
+    return ([image_size * float(v) / 100.0 for v in cfg.min_sizes],
+            [image_size * float(v) / 100.0 for v in cfg.max_sizes])
+
+
+def shapes_wh(min_size: float, max_size: float, ratios: Sequence[float]) -> List[Tuple[float, float]]:
+    """The (w, h) of one location's default boxes, in the per-location order of the module docstring."""
+    big = math.sqrt(min_size * max_size)
+    wh = [(min_size, min_size), (big, big)]
+    for r in ratios:
+        wh.append((min_size * math.sqrt(r), min_size / math.sqrt(r)))
+        wh.append((min_size / math.sqrt(r), min_size * math.sqrt(r)))
+    return wh
+
+
+def source_centres(cfg: AnchorConfig, image_size: int, feature_sizes: Sequence[Tuple[int, int]]
+                   ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per source, the x and y centre coordinates (1-D, float64, normalised) of its location grid."""
     steps: Optional[Sequence[float]] = cfg.steps
-    if steps is not None and len(steps) != n:
-        raise ValueError(f"anchors.steps has {len(steps)} entries for {n} sources")
+    if steps is not None and len(steps) != len(feature_sizes):
+        raise ValueError(f"anchors.steps has {len(steps)} entries for {len(feature_sizes)} sources")
     out = []
     for s, (fh, fw) in enumerate(feature_sizes):
         step_y = steps[s] if steps is not None else image_size / fh
         step_x = steps[s] if steps is not None else image_size / fw
-        wh = [(min_sizes[s], min_sizes[s])]
-        big = math.sqrt(min_sizes[s] * max_sizes[s])
-        wh.append((big, big))
-        for r in ratios[s]:
-            wh.append((min_sizes[s] * math.sqrt(r), min_sizes[s] / math.sqrt(r)))
-            wh.append((min_sizes[s] / math.sqrt(r), min_sizes[s] * math.sqrt(r)))
-        wh_t = torch.tensor(wh, dtype=torch.float64) / image_size  # (a, 2)
-        cy = (torch.arange(fh, dtype=torch.float64) + cfg.offset) * step_y / image_size
         cx = (torch.arange(fw, dtype=torch.float64) + cfg.offset) * step_x / image_size
+        cy = (torch.arange(fh, dtype=torch.float64) + cfg.offset) * step_y / image_size
+        out.append((cx, cy))
+    return out
+
+
+def default_boxes(cfg: AnchorConfig, image_size: int, feature_sizes: Sequence[Tuple[int, int]],
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """All default boxes, ``cxcywh`` normalised by the image size, shape (num_anchors, 4)."""
+    n = len(feature_sizes)
+    min_sizes, max_sizes = source_sizes(cfg, image_size, n)
+    ratios = resolve_aspect_ratios(cfg, n)
+    out = []
+    for s, (cx, cy) in enumerate(source_centres(cfg, image_size, feature_sizes)):
+        wh = shapes_wh(min_sizes[s], max_sizes[s], ratios[s])
+        wh_t = torch.tensor(wh, dtype=torch.float64) / image_size  # (a, 2)
         cyy, cxx = torch.meshgrid(cy, cx, indexing="ij")
         centres = torch.stack([cxx, cyy], dim=-1).reshape(-1, 1, 2).expand(-1, len(wh), 2)
-        boxes = torch.cat([centres, wh_t.expand(fh * fw, -1, -1)], dim=-1).reshape(-1, 4)
+        boxes = torch.cat([centres, wh_t.expand(len(cx) * len(cy), -1, -1)], dim=-1).reshape(-1, 4)
         out.append(boxes)
     boxes = torch.cat(out)
     if cfg.clip:  # clip the corner form to [0, 1] as SSD's PriorBox does when clip=true

@@ -336,16 +336,49 @@ def cmd_predict(args: Dict[str, object]) -> int:
 
 
 def cmd_data(args: Dict[str, object]) -> int:
-    from .data import DatasetError
-    from .data.check import check, format_report
+    import dataclasses
+
+    from .anchors import default_boxes
+    from .boxes import cxcywh_to_xyxy
+    from .config import get_config
+    from .data import DatasetError, load_dataset
+    from .data.check import DefaultBoxSet, check, format_report, normalised_boxes
+    from .model.anchor_fit import fit_anchors
+    from .model.factory import feature_sizes
 
     if args["action"] != "check":
         raise CLIError(f"unknown data action '{args['action']}'; valid: check")
     if not args["data"]:
         raise CLIError("data= is required")
     run_dir = _run_dir(args)
+    cfg = get_config(str(args["model"]))
+
+    def box_set(c, label: str, note: str = "") -> DefaultBoxSet:
+        xyxy = cxcywh_to_xyxy(default_boxes(c.anchors, c.image_size, feature_sizes(c)))
+        return DefaultBoxSet(label, c.image_size, xyxy, note)
+
     try:
-        result = check(str(args["data"]), model=str(args["model"]), out_dir=run_dir, samples=int(args["samples"]),
+        # the data layer does not import the model: the default boxes are made here and passed in
+        spec = load_dataset(str(args["data"]), strict=bool(args["strict"]))
+        sets = [box_set(cfg, f"{cfg.name} preset")]
+        split = "train" if "train" in spec.splits else spec.splits[0]
+        if args["anchors"] == "auto":  # as training does: fitted to the training boxes
+            try:
+                fit = fit_anchors(cfg, normalised_boxes(spec.records(split)))
+            except DatasetError:
+                if args["strict"]:
+                    raise
+                fit = None  # the split is unreadable: check() reports why
+            if fit is not None and fit.changed:
+                a = fit.anchors
+                sizes = (f"fitted min/max sizes (% of input): {', '.join(map(str, a.min_sizes))} / "
+                         f"{', '.join(map(str, a.max_sizes))}"
+                         + (f"; aspect ratios {list(map(list, a.aspect_ratios))}" if a.aspect_ratios else ""))
+                sets.append(box_set(cfg.replace(anchors=a), f"{cfg.name} fitted to {split}",
+                                    f"{fit.describe()}\n  {sizes}"))
+            elif fit is not None:
+                sets[0] = dataclasses.replace(sets[0], note=fit.describe())
+        result = check(spec, default_boxes=sets, out_dir=run_dir, samples=int(args["samples"]),
                        strict=bool(args["strict"]))
     except DatasetError as e:
         raise CLIError(str(e)) from None
@@ -408,6 +441,8 @@ def _commands() -> Dict[str, Command]:
             "action": Option("check", "what to do", choices=["check"]),
             "data": Option(None, "dataset (YAML, VOC root, COCO JSON, YOLO data.yaml)", _optional(str)),
             "model": Option("dsod300", "model whose default boxes to check coverage against", choices=_model_names()),
+            "anchors": Option("auto", "auto: also the default boxes fitted to the training boxes (as training "
+                              "does); preset: the preset's only", choices=["auto", "preset"]),
             "samples": Option(0, "also draw a grid of this many augmented training samples", int),
             "strict": Option(False, "fail on the first problem instead of skipping it", _bool),
             "project": Option("runs", "results folder"), "name": Option("data", "run name"),

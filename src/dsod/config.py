@@ -41,6 +41,12 @@ class AnchorConfig:
     offset: float = 0.5
     clip: bool = False  # spec §1.5: clip false
     variances: Tuple[float, float] = (0.1, 0.2)  # centre, size (spec §1.5)
+    # Explicit min/max size per source in percent of the input, both or neither. None -> the SSD rule
+    # above. Set by ``model.anchor_fit`` (``anchors=auto``): sizes fitted to a dataset follow no
+    # two-number rule, and an explicit list keeps a fitted checkpoint self-contained (older
+    # checkpoints lack the fields and load with the rule).
+    min_sizes: Optional[Tuple[float, ...]] = None
+    max_sizes: Optional[Tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)

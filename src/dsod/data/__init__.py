@@ -7,8 +7,9 @@ network-ready batches, plus a dataset checker.
     loader = build_dataloader(train, batch_size=8, shuffle=True, workers=2, seed=0, drop_last=True)
 
 The checker (``from dsod.data.check import check, format_report``) is not imported here: it needs
-matplotlib and the model presets (for default-box coverage), which training does not. Otherwise
-``dsod.data`` uses only ``dsod.config`` and the records contract.
+matplotlib, which training does not; its default boxes come from the caller (``dsod data check``
+makes them from the model presets). Otherwise ``dsod.data`` uses only ``dsod.config`` and the records
+contract.
 """
 from .dataset import DetectionDataset, SeededSampler, build_dataloader, collate, seed_worker
 from .images import MAX_PIXELS, ImageError, image_size, load_image, load_image_bgr

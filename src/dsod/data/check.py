@@ -2,19 +2,21 @@
 boxes can cover its objects -- before spending days training (``dsod data check data=... model=...``).
 
 Default-box coverage: ground-truth boxes are warp-resized like the training input (normalised by the
-image's width and height) and compared with the preset's default boxes; a box whose best IoU with any
-default box is below 0.5 can only become a positive through SSD's bipartite step (spec §1.6), i.e.
-with one poorly fitting default box. A high share means the anchors (sizes, aspect ratios, input
-size) do not suit the data.
+image's width and height) and compared with default boxes; a box whose best IoU with any default box
+is below 0.5 can only become a positive through SSD's bipartite step (spec §1.6), i.e. with one
+poorly fitting default box. A high share means the anchors (sizes, aspect ratios, input size) do not
+suit the data.
 
-Lives in ``dsod.data`` but, unlike the rest of the package, imports the model presets and default
-boxes (lazily, inside ``check``) and matplotlib.
+The default boxes come from the caller as ``DefaultBoxSet``s (the CLI passes a preset's and the ones
+fitted to the data, ``dsod.model.anchor_fit``): the data layer does not import the model layer.
+Unlike the rest of ``dsod.data`` this module imports matplotlib (lazily, for the plots).
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -22,7 +24,7 @@ import torch
 
 from .images import ImageError, load_image
 from .records import ImageRecord
-from .spec import DatasetError, load_dataset
+from .spec import DatasetError, DatasetSpec, load_dataset
 
 IOU_THRESHOLD = 0.5  # spec §1.6 matching threshold
 
@@ -34,16 +36,22 @@ def _percentiles(v: np.ndarray) -> Dict[str, float]:
     return dict(zip(("min", "p5", "median", "p95", "max"), (float(x) for x in q)))
 
 
-def default_boxes_xyxy(model: str) -> tuple:
-    """(image_size, default boxes (A, 4) xyxy normalised) of a model preset, without building weights."""
-    from ..anchors import default_boxes
-    from ..boxes import cxcywh_to_xyxy
-    from ..config import get_config
-    from ..model.factory import feature_sizes
+@dataclass(frozen=True)
+class DefaultBoxSet:
+    """Default boxes to measure coverage against, made by the caller (e.g. from a model preset)."""
 
-    cfg = get_config(model)
-    anchors = default_boxes(cfg.anchors, cfg.image_size, feature_sizes(cfg))
-    return cfg.image_size, cxcywh_to_xyxy(anchors)
+    label: str  # how the report names them: "dsod300 (preset)", "dsod300 (fitted to the data)"
+    image_size: int  # the square network input they belong to
+    boxes: torch.Tensor  # (A, 4) xyxy normalised to the input
+    note: str = ""  # one line shown under the header, e.g. how they were fitted
+
+
+def normalised_boxes(records: Sequence[ImageRecord]) -> torch.Tensor:
+    """The non-crowd boxes of ``records`` (in order), (N, 4) xyxy normalised by each image's width and
+    height: the box at the square warp-resized input. What the coverage and the anchor fit measure."""
+    parts = [r.boxes[~r.iscrowd].astype(np.float32) / np.array([r.width, r.height] * 2, np.float32)
+             for r in records]
+    return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, 4)
 
 
 def unmatched_mask(records: Sequence[ImageRecord], anchors_xyxy: torch.Tensor,
@@ -51,15 +59,14 @@ def unmatched_mask(records: Sequence[ImageRecord], anchors_xyxy: torch.Tensor,
     """Per non-crowd box of ``records`` (in order): True when no default box has IoU >= threshold."""
     from torchvision.ops import box_iou
 
-    parts = [r.boxes[~r.iscrowd].astype(np.float32) / np.array([r.width, r.height] * 2, np.float32)
-             for r in records]
-    boxes = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, 4)
+    boxes = normalised_boxes(records)
     # one IoU matrix per chunk of boxes, not per image: the cost is the (boxes x anchors) product
     out = [(box_iou(chunk, anchors_xyxy).amax(dim=1) < threshold).numpy() for chunk in boxes.split(2048)]
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
-def _split_stats(records: List[ImageRecord], names: Sequence[str], anchors, image_size) -> Dict[str, Any]:
+def _split_stats(records: List[ImageRecord], names: Sequence[str], box_sets: Sequence[DefaultBoxSet]
+                 ) -> Dict[str, Any]:
     labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, np.int64)
     crowd = np.concatenate([r.iscrowd for r in records]) if records else np.zeros(0, bool)
     boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4), np.float32)
@@ -83,13 +90,17 @@ def _split_stats(records: List[ImageRecord], names: Sequence[str], anchors, imag
         },
         "image_sizes": dict(Counter(f"{r.width}x{r.height}" for r in records).most_common(5)),
     }
-    if anchors is not None:
-        um = unmatched_mask(records, anchors)
-        nc_labels = labels[~crowd]
-        s["unmatched_boxes"] = int(um.sum())
-        s["unmatched_share"] = float(um.mean()) if len(um) else 0.0
-        s["unmatched_by_class"] = {n: float(um[nc_labels == i].mean()) for i, n in enumerate(names)
-                                   if (nc_labels == i).any()}
+    nc_labels = labels[~crowd]
+    cov = []
+    for bs in box_sets:
+        um = unmatched_mask(records, bs.boxes)
+        cov.append({"unmatched_boxes": int(um.sum()), "unmatched_share": float(um.mean()) if len(um) else 0.0,
+                    "unmatched_by_class": {n: float(um[nc_labels == i].mean()) for i, n in enumerate(names)
+                                           if (nc_labels == i).any()}})
+    if cov:
+        s["coverage"] = cov  # one entry per default-box set, in order
+        s.update(cov[0])  # the first set's also at the top level (the preset's, with the CLI)
+        image_size = box_sets[0].image_size
         s["box_size"]["width_input_px"] = _percentiles(w / np.maximum(sizes[:, 0], 1) * image_size)
         s["box_size"]["height_input_px"] = _percentiles(h / np.maximum(sizes[:, 1], 1) * image_size)
     return s
@@ -170,39 +181,43 @@ def _plot_samples(records: List[ImageRecord], names: Sequence[str], image_size: 
     plt.close(fig)
 
 
-def check(data: Union[str, Path], model: Optional[str] = "dsod300",
+def check(data: Union[str, Path, DatasetSpec], default_boxes: Sequence[DefaultBoxSet] = (),
           out_dir: Optional[Union[str, Path]] = None, samples: int = 0, strict: bool = False,
           decode: bool = True, seed: int = 0) -> Dict[str, Any]:
-    """Read every split of ``data``, decode every image (``decode``; finds truncated files a header
-    read cannot), gather statistics and problems; write plots to ``out_dir`` (if given).
+    """Read every split of ``data`` (a path, or a spec the caller already loaded), decode every image
+    (``decode``; finds truncated files a header read cannot), gather statistics and problems, measure
+    each of ``default_boxes``' coverage; write plots to ``out_dir`` (if given).
 
     Returns a dict with keys
     - ``data``, ``format``, ``root``, ``names``, ``category_ids`` (COCO) -- the dataset;
     - ``notes``: dataset-level notes (path fallbacks, class names collected from the data ...);
-    - ``model``, ``image_size``, ``num_default_boxes`` (None without a model);
+    - ``default_boxes``: per set ``label``, ``image_size``, ``count``, ``note``; ``image_size`` and
+      ``num_default_boxes``: the first set's (None without sets);
     - ``splits``: ``{split: {...}}`` with ``images``, ``boxes``, ``images_without_boxes``, ``crowd_boxes``,
       ``difficult_boxes``, ``class_counts`` / ``class_images`` ({name: n}), ``box_size`` (min/p5/median/
-      p95/max of box width/height in original pixels, as image fractions and, with a model, in input
-      pixels), ``image_sizes`` (5 most common), ``unmatched_boxes`` / ``unmatched_share`` /
-      ``unmatched_by_class`` (with a model: non-crowd boxes whose best IoU with a default box < 0.5),
+      p95/max of box width/height in original pixels, as image fractions and, with default boxes, in input
+      pixels), ``image_sizes`` (5 most common), ``coverage`` (per default-box set: ``unmatched_boxes`` /
+      ``unmatched_share`` / ``unmatched_by_class``, the non-crowd boxes whose best IoU with a default box
+      is < 0.5; the first set's also at the top level),
       ``problems`` ("file: reason" lines), ``problem_counts`` ({kind: n}), ``notes``, ``stats`` (reader
       counters), ``error`` (the split could not be read at all; other keys then absent), ``plot``;
     - ``problems_total``: problems over all splits; ``samples_plot``: the augmented-sample grid or None.
 
     ``strict=True`` raises ``DatasetError`` at the first problem instead of collecting problems.
     """
-    spec = load_dataset(data, strict=strict)
+    spec = data if isinstance(data, DatasetSpec) else load_dataset(data, strict=strict)
     info = spec.info
     out_dir = Path(out_dir) if out_dir is not None else None
-    anchors = image_size = None
-    if model:
-        image_size, anchors = default_boxes_xyxy(model)
+    sets = list(default_boxes)
+    image_size = sets[0].image_size if sets else None
     result: Dict[str, Any] = {
-        "data": str(data), "format": info.format, "root": str(info.root), "names": list(info.names),
-        "category_ids": info.category_ids, "notes": list(spec.notes), "model": model,
-        "image_size": image_size,
-        "num_default_boxes": int(len(anchors)) if anchors is not None else None, "splits": {},
-        "samples_plot": None,
+        "data": str(spec.data if isinstance(data, DatasetSpec) else data), "format": info.format,
+        "root": str(info.root), "names": list(info.names), "category_ids": info.category_ids,
+        "notes": list(spec.notes),
+        "default_boxes": [{"label": b.label, "image_size": b.image_size, "count": int(len(b.boxes)),
+                           "note": b.note} for b in sets],
+        "image_size": image_size, "num_default_boxes": int(len(sets[0].boxes)) if sets else None,
+        "splits": {}, "samples_plot": None,
     }
     decoded: Dict[Path, Optional[str]] = {}  # path -> reason it failed, shared across splits (trainval)
     usable_by_split: Dict[str, List[ImageRecord]] = {}
@@ -231,7 +246,7 @@ def check(data: Union[str, Path], model: Optional[str] = "dsod300",
                     continue
             usable.append(r)
         usable_by_split[split] = usable
-        s = _split_stats(usable, info.names, anchors, image_size)
+        s = _split_stats(usable, info.names, sets)
         s.update(problems=list(rep.problems), problem_counts=dict(rep.counts), notes=list(rep.notes),
                  stats=dict(rep.stats), error=None, plot=None)
         if out_dir is not None:
@@ -263,9 +278,10 @@ def format_report(result: Dict[str, Any]) -> str:
     if result.get("category_ids") is not None:
         ids = ", ".join(f"{n}={c}" for n, c in zip(names, result["category_ids"]))
         lines.append(f"  category ids: {ids}")
-    if result.get("model"):
-        lines.append(f"model {result['model']}: {result['image_size']}x{result['image_size']} input, "
-                     f"{result['num_default_boxes']:,} default boxes")
+    for b in result.get("default_boxes", []):
+        lines.append(f"default boxes {b['label']}: {b['image_size']}x{b['image_size']} input, {b['count']:,} boxes")
+        if b["note"]:
+            lines.append(f"  {b['note']}")
     for n in result.get("notes", []):
         lines.append(f"  note: {n}")
     for split, s in result["splits"].items():
@@ -276,24 +292,26 @@ def format_report(result: Dict[str, Any]) -> str:
         lines.append(f"[{split}] {s['images']} images, {s['boxes']} boxes, {s['images_without_boxes']} "
                      f"images without boxes, {s['crowd_boxes']} crowd, {s['difficult_boxes']} difficult")
         width = max([len(n) for n in names] + [5])
-        cov = "unmatched_by_class" in s
+        cov = s.get("coverage", [])
+        labels = [b["label"] for b in result.get("default_boxes", [])]
         header = f"  {'class':<{width}}  {'boxes':>7}  {'images':>6}"
-        lines.append(header + ("  no default box IoU>=0.5" if cov else ""))
+        if cov:  # one column per default-box set: the share of the class's boxes without a match
+            header += "  no default box IoU>=0.5: " + " | ".join(labels)
+        lines.append(header)
         for n in names:
             row = f"  {n:<{width}}  {s['class_counts'][n]:>7}  {s['class_images'][n]:>6}"
-            if cov and n in s["unmatched_by_class"]:
-                row += f"  {100 * s['unmatched_by_class'][n]:>6.1f}%"
+            if cov and n in cov[0]["unmatched_by_class"]:
+                row += "  " + "  ".join(f"{100 * c['unmatched_by_class'][n]:>6.1f}%" for c in cov)
             lines.append(row)
         bs = s["box_size"]
         for side in ("width", "height"):
             net = f"  (input px: {_fmt_pct(bs[side + '_input_px'])})" if side + "_input_px" in bs else ""
             lines.append(f"  box {side:<6} px min/p5/median/p95/max: {_fmt_pct(bs[side + '_px'])}{net}")
         lines.append("  image sizes: " + ", ".join(f"{k} ({v})" for k, v in s["image_sizes"].items()))
-        if cov:
-            n_nc = s["boxes"] - s["crowd_boxes"]
-            lines.append(f"  default-box coverage ({result['model']}): {s['unmatched_boxes']} of {n_nc} "
-                         f"boxes ({100 * s['unmatched_share']:.1f}%) match no default box at IoU >= "
-                         f"{IOU_THRESHOLD}")
+        n_nc = s["boxes"] - s["crowd_boxes"]
+        for label, c in zip(labels, cov):
+            lines.append(f"  default-box coverage ({label}): {c['unmatched_boxes']} of {n_nc} boxes "
+                         f"({100 * c['unmatched_share']:.1f}%) match no default box at IoU >= {IOU_THRESHOLD}")
         shown = ("images", "boxes", "difficult boxes", "crowd boxes", "images without boxes")
         stats = {k: v for k, v in s.get("stats", {}).items() if k not in shown and v}
         if stats:
