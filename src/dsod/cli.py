@@ -124,11 +124,17 @@ def _augment(v: str) -> str:
 
 
 def _precise_bn(v: str):
-    from .engine.trainer import TrainingError, precise_bn_images
+    from .engine.train_args import TrainingError, precise_bn_images
     try:
         precise_bn_images(v)
     except TrainingError:
         raise ValueError("use auto, false or a number of images") from None
+    return v
+
+
+def _duration(v: str):
+    from .engine.budget import parse_duration
+    parse_duration(v)  # a ValueError names the problem
     return v
 
 
@@ -145,7 +151,7 @@ def _optional(kind):
 def _train_options() -> Dict[str, Option]:
     import dataclasses
 
-    from .engine.trainer import TrainArgs
+    from .engine.train_args import TrainArgs
 
     helps = {
         "data": "dataset YAML, VOC root, COCO JSON or YOLO data.yaml (none: the synthetic demo set)",
@@ -153,33 +159,43 @@ def _train_options() -> Dict[str, Option]:
         "resume": "runs/NAME/weights/last.pt to continue exactly", "epochs": "epochs (if iterations unset)",
         "iterations": "optimizer steps (overrides epochs)", "batch": "images per process per forward pass",
         "accumulate": "forward passes per optimizer step", "imgsz": "input size (default: the preset's)",
-        "lr": "learning rate (default 0.1 x effective batch / 128)", "schedule": "multistep or cosine",
+        "lr": "learning rate (default: the recipe's; paper: 0.1 x effective batch / 128)", "schedule": "multistep or cosine",
         "milestones": "multistep LR drops as fractions of the run", "warmup": "warm-up iterations",
         "norm": "bn, gn, or syncbn (DDP)", "amp": "float16 autocast on CUDA",
         "bf16": "bfloat16 autocast (auto: on CPUs with native bf16, AMX/AVX512-BF16)",
         "channels_last": "channels-last memory format (auto: where it measured faster)",
         "grad_clip": "max gradient norm (0 = off)", "device": "auto, cpu, cuda or cuda:N",
         "augment": "ssd (the paper's), light (short CPU runs) or none",
-        "flipud": "vertical-flip probability (micrographs, aerial)", "optimizer": "sgd (the paper's) or adamw",
+        "flipud": "vertical-flip probability (micrographs, aerial)", "optimizer": "sgd (the paper's) or adamw (auto: the recipe's)",
         "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
         "max_images": "use only the first N images of each split",
         "precise_bn": "re-estimate BN statistics on N augmented training images before each evaluation "
                       "and checkpoint (auto: 256; false: off)",
+        "time": "time budget (30m, 2h, 1h30m; a bare number is hours): sets the iterations to fit it",
+        "recipe": "auto (short runs: AdamW/cosine/light; long runs: the paper's), paper or short",
+        "ema": "EMA of the weights, evaluated and saved (auto: the recipe's)",
+        "patience": "stop after N evaluations without improvement", "anchors": "auto (fitted to the data) or preset",
+        "val_fraction": "held-out fraction when the dataset has no val split",
+        "weight_decay": "weight decay (auto: the recipe's)", "no_decay_norm": "no weight decay on norms (auto: the recipe's)",
     }
     types = {
         "data": _optional(str), "model": str, "weights": _optional(str), "resume": _optional(str),
         "epochs": _positive_int, "iterations": _optional(_positive_int), "batch": _positive_int,
         "accumulate": _positive_int, "imgsz": _optional(_positive_int), "lr": _optional(_nonneg_float),
-        "momentum": _float_range(0, 1), "weight_decay": _nonneg_float, "no_decay_norm": _bool, "augment": _augment, "flipud": _float_range(0, 1),
+        "momentum": _float_range(0, 1), "weight_decay": _optional(_nonneg_float), "no_decay_norm": _auto_bool, "augment": _augment, "flipud": _float_range(0, 1),
         "milestones": _floats, "warmup": _optional(int), "amp": _bool, "bf16": _auto_bool, "channels_last": _auto_bool, "grad_clip": _nonneg_float,
         "max_bad_steps": _positive_int, "bn_decay": _optional(_float_range(0, 1)), "workers": int, "seed": int, "exist_ok": _bool,
         "val_interval": _optional(_positive_int), "save_interval": _optional(_positive_int), "val": _bool,
         "plots": _bool, "progress": _bool, "max_images": _optional(_positive_int), "stop_at": _optional(_positive_int),
-        "precise_bn": _precise_bn,
+        "precise_bn": _precise_bn, "time": _duration, "ema": _auto_bool, "patience": _optional(_positive_int),
+        "val_fraction": _float_range(0, 0.9),
     }
-    choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"], "optimizer": ["sgd", "adamw"]}
+    choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"], "optimizer": ["sgd", "adamw"],
+               "recipe": ["auto", "paper", "short"], "anchors": ["auto", "preset"]}
     opts = {}
     for f in dataclasses.fields(TrainArgs):
+        if f.name == "val_images":  # written by the run itself (args.yaml, checkpoints), not a key
+            continue
         default = f.default if f.default is not dataclasses.MISSING else None
         opts[f.name] = Option(default, helps.get(f.name, ""), types.get(f.name, str), choices.get(f.name))
     return opts
@@ -254,7 +270,7 @@ def cmd_val(args: Dict[str, object]) -> int:
 
 
 def _run_dir(args: Dict[str, object]) -> Path:
-    from .engine.trainer import next_run_dir
+    from .engine.run import next_run_dir
 
     d = next_run_dir(str(args["project"]), str(args["name"]), bool(args["exist_ok"]))
     d.mkdir(parents=True, exist_ok=True)
@@ -267,7 +283,7 @@ def _evaluate_checkpoint(args, info, records):
     from .data import DetectionDataset, collate, eval_transform
     from .engine.checkpoint import build_from_checkpoint, load_checkpoint
     from .engine.evaluate import run_evaluation
-    from .engine.trainer import select_device
+    from .engine.run import select_device
     from .metrics import Evaluator
     from .postprocess import PostProcessor
 
@@ -304,7 +320,7 @@ def _predict_options() -> Dict[str, Option]:
 
 def cmd_predict(args: Dict[str, object]) -> int:
     from .engine.checkpoint import CheckpointError
-    from .engine.trainer import select_device
+    from .engine.run import select_device
     from .predict import Detector, PredictError, draw_detections, read_rgb
 
     if not args["model"] or not args["source"]:

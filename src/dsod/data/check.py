@@ -254,7 +254,8 @@ def check(data: Union[str, Path, DatasetSpec], default_boxes: Sequence[DefaultBo
             _plot_labels(s, usable, info.names, split, path)
             s["plot"] = str(path)
         result["splits"][split] = s
-    result["problems_total"] = sum(len(s["problems"]) for s in result["splits"].values())
+    # counts, not lines: a problem repeated in many files is one summarised line (SplitReport)
+    result["problems_total"] = sum(sum(s["problem_counts"].values()) for s in result["splits"].values())
     if samples > 0 and out_dir is not None:
         split = "train" if usable_by_split.get("train") else \
             next((k for k, v in usable_by_split.items() if v), None)
@@ -319,7 +320,7 @@ def format_report(result: Dict[str, Any]) -> str:
         if s["problems"]:
             counts = sorted(s["problem_counts"].items(), key=lambda kv: -kv[1])
             kinds = ", ".join(f"{n} {k}" for k, n in counts)
-            lines.append(f"  problems: {len(s['problems'])} ({kinds})")
+            lines.append(f"  problems: {sum(s['problem_counts'].values())} ({kinds})")
             lines.extend(f"    {p}" for p in s["problems"])
         else:
             lines.append("  problems: none")

@@ -27,23 +27,20 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_dist():
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+def from_main(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's ``values`` on every process (a decision only the main process measured)."""
+    if not is_dist():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 def barrier() -> None:

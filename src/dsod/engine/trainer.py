@@ -1,19 +1,17 @@
 """Training from scratch: the iteration-based loop of the original solver (spec §1.9), with gradient
-accumulation, AMP/bf16, non-finite-loss guard, periodic validation, a results folder per run, exact
-resume and DDP under torchrun.
+accumulation, AMP/bf16, non-finite-loss guard, periodic validation with BN statistics re-estimated
+for the weights evaluated, an EMA of the weights, a time budget, early stopping, a results folder per
+run, exact resume and DDP under torchrun.
 
 An *iteration* is one optimizer step over ``batch x accumulate x world_size`` images (the original:
 4 per GPU x 8 GPUs x iter_size 4 = 128).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,121 +22,22 @@ from tqdm import tqdm
 from ..config import ModelConfig, get_config
 from ..loss import MultiBoxLoss
 from ..model import DSOD, build_model
-from ..model.layers import convert_sync_batchnorm
+from ..model.layers import CaffeBatchNorm2d, convert_sync_batchnorm
 from ..postprocess import PostProcessor
 from . import distributed as dist_utils
+from . import recipe as recipes
+from .budget import Budget, parse_duration, probe_step_seconds
 from .checkpoint import (config_from_dict, load_checkpoint, model_payload, rng_state,
                          save_checkpoint, set_rng_state)
+from .ema import ModelEMA
 from .evaluate import autocast_context, run_evaluation
 from .optim import build_optimizer, lr_lambda
 from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
+from .run import (TrainingError, append_csv, args_dict, next_run_dir, select_device,  # noqa: F401 (re-exported)
+                  write_csv, write_yaml)
 from .sampler import ResumableBatchSampler
-
-
-class TrainingError(Exception):
-    """A user-facing training failure (one line)."""
-
-
-PRECISE_BN_IMAGES = 256  # docs/RESULTS.md "BN statistics": enough for the estimate to stop moving
-
-
-def precise_bn_images(value: Any) -> int:
-    """Normalise a ``precise_bn`` setting to a number of images (0: off)."""
-    low = str(value).strip().lower()
-    if low in ("auto", "true", "yes", "on"):
-        return PRECISE_BN_IMAGES
-    if low in ("false", "no", "off", "none", "0"):
-        return 0
-    try:
-        n = int(low)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise TrainingError(f"precise_bn={value} is not valid; use auto, false or a number of images")
-    return n
-
-
-@dataclass
-class TrainArgs:
-    """Every ``dsod train`` key. Defaults follow the paper's recipe (spec §1.9) where it applies."""
-
-    data: Optional[str] = None  # dataset YAML / VOC root / COCO JSON; None: the synthetic demo set
-    model: str = "dsod300"  # preset name, or a .pt checkpoint to start from (like weights=)
-    weights: Optional[str] = None  # initial weights (fresh schedule); heads re-initialised on class mismatch
-    resume: Optional[str] = None  # last.pt of an interrupted run: continue exactly
-    epochs: int = 100
-    iterations: Optional[int] = None  # optimizer steps; overrides epochs
-    batch: int = 16  # images per process per forward pass
-    accumulate: int = 1  # forward passes per optimizer step (the original: iter_size 4)
-    imgsz: Optional[int] = None  # input size; default: the preset's
-    lr: Optional[float] = None  # default: 0.1 x effective batch / 128 (the paper's 0.1 at 128)
-    optimizer: str = "sgd"  # sgd (the paper's) | adamw (faster to converge on tiny CPU runs)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # ssd: the SSD augmentation (spec §1.8; True means this) | light: milder, for short CPU runs on small
-    # data (data.transforms.train_transform) | none (or False): warp-resize only (overfitting checks)
-    augment: Any = "ssd"
-    flipud: float = 0.0  # probability of a vertical flip too (micrographs, aerial images)
-    no_decay_norm: bool = False  # exempt BN/GN/L2Norm parameters from weight decay
-    schedule: str = "multistep"  # multistep (the paper's) | cosine
-    milestones: Tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # 20k/40k/60k/80k of 100k
-    warmup: Optional[int] = None  # warm-up iterations; default min(500, 5% of the run)
-    norm: str = "bn"  # bn | gn | syncbn (syncbn: statistics over all processes under DDP)
-    # BN running-average decay; default: the model's (Caffe's 0.999). Short runs want less (e.g. 0.99):
-    # the bias-corrected average then forgets the first iterations' very different statistics.
-    bn_decay: Optional[float] = None
-    # Re-estimate the BN statistics for the current weights on this many augmented training images
-    # before every evaluation and every best.pt/last.pt written with it (engine/precise_bn.py);
-    # "auto": PRECISE_BN_IMAGES; 0 or false: off (the running average is saved as is).
-    precise_bn: Any = "auto"
-    amp: bool = True  # float16 autocast + GradScaler on CUDA (ignored on CPU)
-    # bfloat16 autocast; None: on CPUs with native bf16 (AMX, AVX512-BF16), engine/numerics.py
-    bf16: Optional[bool] = None
-    channels_last: Optional[bool] = None  # None: where it measured faster (engine/numerics.py)
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    max_bad_steps: int = 10  # abort after this many non-finite losses in a row
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    project: str = "runs"
-    name: str = "train"
-    exist_ok: bool = False
-    val_interval: Optional[int] = None  # iterations between evaluations; default: ~10 per run
-    save_interval: Optional[int] = None  # iterations between last.pt writes; default: min(50, val_interval)
-    val: bool = True
-    plots: bool = True
-    progress: bool = True
-    cache_dir: str = "~/.cache/dsod"  # where the synthetic demo set is written
-    max_images: Optional[int] = None  # use only the first N images of each split (quick experiments)
-    # Stop (saving last.pt) once this iteration is reached, without changing the schedule: lets a
-    # long run be split across time-boxed sessions and resumed with resume=.../last.pt.
-    stop_at: Optional[int] = None
-
-
-def select_device(spec: str) -> torch.device:
-    if spec == "auto":
-        _, local_rank, world = dist_utils.env_world()
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank if world > 1 else 0)
-        return torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise TrainingError(f"device={spec} is not valid; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device={spec}: CUDA is not available on this machine; use device=cpu")
-    return dev
-
-
-def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    i = 2
-    while (Path(project) / f"{name}{i}").exists():
-        i += 1
-    return Path(project) / f"{name}{i}"
+from .train_args import PRECISE_BN_IMAGES, TrainArgs, precise_bn_images  # noqa: F401 (re-exported)
 
 
 class _Interrupted(Exception):
@@ -147,43 +46,56 @@ class _Interrupted(Exception):
 
 class Trainer:
     def __init__(self, args: TrainArgs):
+        self.t_start = time.time()  # a time= budget counts from here: set-up and the speed probe included
         self.args = args
         self.device = select_device(args.device)
         self.rank, self.world = dist_utils.init(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.main = self.rank == 0
+        self.notes: List[str] = []  # the lines that say what was decided for the user
         self._setup()
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset, augment_mode, eval_transform, load_dataset, train_transform
+        from ..data import DetectionDataset, augment_mode, eval_transform, load_dataset
 
         a = self.args
         if a.batch < 1 or a.accumulate < 1:
             raise TrainingError("batch and accumulate must be >= 1")
-        try:
-            a.augment = augment_mode(a.augment)
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
         if not 0.0 <= a.flipud <= 1.0:
             raise TrainingError(f"flipud={a.flipud} must be a probability between 0 and 1")
+        if a.anchors not in ("auto", "preset"):
+            raise TrainingError(f"anchors={a.anchors} is not valid; use auto or preset")
         self.resume_ckpt = load_checkpoint(a.resume) if a.resume else None
         if self.resume_ckpt is not None:
             saved = self.resume_ckpt.get("train_args") or {}
             # resume continues the saved run: its arguments win except where to look for files
             keep = {"resume", "device", "workers", "progress", "stop_at"}
-            for k, v in saved.items():
-                if k not in keep and hasattr(a, k):
-                    setattr(a, k, tuple(v) if isinstance(v, list) else v)
+            a = dataclasses.replace(a, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
+                                          if k not in keep and hasattr(a, k)})
+        try:
+            self.budget_seconds = parse_duration(a.time) if a.iterations is None else None
+            if a.augment is not None:
+                a = dataclasses.replace(a, augment=augment_mode(a.augment))
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        self.args = a
         torch.manual_seed(a.seed)
 
         data = a.data
         if data is None:
             from ..synthetic import make_synthetic_voc
             data = str(make_synthetic_voc(Path(a.cache_dir).expanduser()))
-        self.dataset_spec = load_dataset(data)
+        self.data_resolved = data
+        try:
+            self.dataset_spec = load_dataset(data, val_fraction=a.val_fraction, seed=0, val_images=a.val_images)
+        except ValueError as e:  # DatasetError: one line naming the file and the problem
+            raise TrainingError(str(e)) from None
         self.info = self.dataset_spec.info
+        if self.dataset_spec.derived_val is not None:  # in args.yaml and checkpoints: a rerun holds out the same
+            a = self.args = dataclasses.replace(a, val_images=list(self.dataset_spec.derived_val))
+            self.notes.append(self.dataset_spec.derived_val_note)
         train_records = self.dataset_spec.records("train")
         if a.max_images:
             train_records = train_records[: a.max_images]
@@ -194,7 +106,7 @@ class Trainer:
             self.val_records = self.val_records[: a.max_images]
 
         # model
-        cfg, init_state = self._model_config()
+        cfg, init_state = self._model_config(train_records)
         self.cfg = cfg
         model = build_model(cfg)
         if init_state is not None:
@@ -202,18 +114,20 @@ class Trainer:
         if a.norm == "syncbn" and self.world > 1:
             model = convert_sync_batchnorm(model)
         self.numerics = decide_numerics(self.device, a.amp, a.bf16, a.channels_last)
+        self.use_amp, self.use_bf16 = self.numerics.amp, self.numerics.bf16
         self.memory_format = torch.channels_last if self.numerics.channels_last else torch.contiguous_format
         self.model: DSOD = model.to(self.device, memory_format=self.memory_format)
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
+        self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
 
-        # data
-        size = cfg.image_size
+        # data (the augmentation is set once the recipe is known)
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
-        self.train_set = DetectionDataset(train_records, train_transform(size, mode=a.augment, flipud=a.flipud),
-                                          train=True)
+        self.train_set = DetectionDataset(train_records, None, train=True)
+        self._set_augment(a.augment or recipes.SHORT.augment)
         self.sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True, seed=a.seed,
                                              rank=self.rank, world=self.world, drop_last=True)
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=a.workers,
@@ -221,44 +135,69 @@ class Trainer:
                                        persistent_workers=False)
         self.val_loader = None
         if a.val and self.val_records and self.main:
-            val_set = DetectionDataset(self.val_records, eval_transform(size), train=False)
+            val_set = DetectionDataset(self.val_records, eval_transform(cfg.image_size), train=False)
             self.val_loader = DataLoader(val_set, batch_size=max(1, a.batch), shuffle=False,
                                          num_workers=a.workers, collate_fn=_collate)
-
-        # schedule
         per_epoch = self.sampler.batches_per_epoch() // a.accumulate
         if per_epoch < 1:
             raise TrainingError(f"batch={a.batch} x accumulate={a.accumulate} x {self.world} process(es) is larger "
                                 f"than the {len(train_records)} training images")
         self.iters_per_epoch = per_epoch
-        self.total_iters = a.iterations or a.epochs * per_epoch
-        eff = a.batch * a.accumulate * self.world
-        self.effective_batch = eff
-        self.lr = a.lr if a.lr is not None else 0.1 * eff / 128
-        warmup = a.warmup if a.warmup is not None else min(500, self.total_iters // 20)
+        self.effective_batch = a.batch * a.accumulate * self.world
+        self.precise_images = precise_bn_images(a.precise_bn) if has_batchnorm(self.model) else 0
+
+        self.iteration = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+        # length, then the recipe that suits it
+        self.budget: Optional[Budget] = None
+        if self.resume_ckpt is not None:
+            self.total_iters = int(self.resume_ckpt.get("total_iters") or a.iterations or a.epochs * per_epoch)
+        elif self.budget_seconds is not None:
+            self.budget = self._plan_budget(self.budget_seconds)
+            self.total_iters = self.budget.total_iters
+        else:
+            self.total_iters = a.iterations or a.epochs * per_epoch
+        if self.resume_ckpt is None:
+            try:
+                recipe, reason = recipes.choose(a.recipe, self.total_iters)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
+            a, filled = recipes.apply(a, recipe)
+            self.args = a
+            self.notes.append(recipes.describe(recipe, reason, a, filled))
+        self._set_augment(a.augment)
+        if a.bn_decay is not None:
+            self.cfg = self.cfg.replace(bn_decay=a.bn_decay)
+            for m in self.model.modules():
+                if isinstance(m, CaffeBatchNorm2d):
+                    m.decay = a.bn_decay
+        self.ema = ModelEMA.for_run(self.model, self.total_iters) if a.ema else None
+
+        # optimizer and schedule
+        self.lr = a.lr if a.lr is not None else 0.1 * self.effective_batch / 128
+        self.warmup = a.warmup if a.warmup is not None else min(500, self.total_iters // 20)
         if a.optimizer not in ("sgd", "adamw"):
             raise TrainingError(f"optimizer={a.optimizer} is not valid; choose one of: sgd, adamw")
         self.optimizer = build_optimizer(self.model, a.optimizer, self.lr, a.momentum, a.weight_decay,
                                          a.no_decay_norm)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_iters, warmup, a.schedule, a.milestones))
-        self.use_amp = self.numerics.amp
-        self.use_bf16 = self.numerics.bf16
+            self.optimizer, lr_lambda(self.total_iters, self.warmup, a.schedule, a.milestones))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
-        self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
-        self.val_interval = a.val_interval or max(1, math.ceil(self.total_iters / 10))
-        self.precise_images = precise_bn_images(a.precise_bn) if has_batchnorm(self.model) else 0
+        if self.budget is not None:
+            self.val_interval = self.budget.val_interval
+        else:
+            self.val_interval = a.val_interval or max(1, math.ceil(self.total_iters / 10))
         self.save_interval = a.save_interval or max(1, min(50, self.val_interval))
 
         # state
-        self.iteration = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.best_fitness = -1.0
+        self.best_iteration = 0
         self.bad_steps = 0
         self.skipped_steps = 0
+        self.stop_reason = ""
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
             self.run_dir = Path(a.resume).resolve().parent.parent
@@ -266,20 +205,33 @@ class Trainer:
             self.run_dir = next_run_dir(a.project, a.name, a.exist_ok)
         if self.main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
-            from .memory import active_allocator
-            _write_yaml(self.run_dir / "args.yaml", {**_args_dict(a), "data_resolved": data,
-                                                      "effective_batch": eff, "lr_resolved": self.lr,
-                                                      "total_iterations": self.total_iters,
-                                                      "world_size": self.world, "numerics": self.numerics.describe(),
-                                                      "threads": torch.get_num_threads(),
-                                                      "allocator": active_allocator()})
+            self._write_args()
             if a.progress:
-                print(self.numerics.describe(), flush=True)
+                for line in [self.numerics.describe(), *self.notes]:
+                    print(line, flush=True)
 
-    def _model_config(self) -> Tuple[ModelConfig, Optional[Dict[str, Any]]]:
+    def _write_args(self) -> None:
+        from .memory import active_allocator
+        extra = {"data_resolved": self.data_resolved, "effective_batch": self.effective_batch,
+                 "lr_resolved": self.lr, "total_iterations": self.total_iters, "world_size": self.world,
+                 "numerics": self.numerics.describe(), "threads": torch.get_num_threads(),
+                 "allocator": active_allocator(), "decisions": list(self.notes)}
+        if self.budget is not None:
+            extra["budget"] = dataclasses.asdict(self.budget)
+        if self.anchor_fit is not None:
+            extra["anchor_fit"] = self.anchor_fit
+        write_yaml(self.run_dir / "args.yaml", {**args_dict(self.args), **extra})
+
+    def _set_augment(self, mode: str) -> None:
+        from ..data import train_transform
+        self.train_set.transform = train_transform(self.cfg.image_size, mode=mode, flipud=self.args.flipud)
+
+    def _model_config(self, train_records) -> Tuple[ModelConfig, Optional[Dict[str, Any]]]:
         a = self.args
+        self.anchor_fit: Optional[Dict[str, Any]] = None
         num_classes = len(self.info.names) + 1
         if self.resume_ckpt is not None:
+            self.anchor_fit = self.resume_ckpt.get("anchor_fit")
             return config_from_dict(self.resume_ckpt["model_config"]), None
         init = None
         if a.model.endswith(".pt"):
@@ -299,7 +251,51 @@ class Trainer:
             overrides["norm"] = "gn"
         if a.bn_decay is not None:
             overrides["bn_decay"] = a.bn_decay
-        return cfg.replace(**overrides), init
+        cfg = cfg.replace(**overrides)
+        # fitted default boxes for a network trained from its preset (a checkpoint's heads were trained
+        # for its own boxes, so starting from one keeps them)
+        if a.anchors == "auto" and init is None:
+            cfg = self._fit_anchors(cfg, train_records)
+        return cfg, init
+
+    def _fit_anchors(self, cfg: ModelConfig, records) -> ModelConfig:
+        from ..data.check import normalised_boxes
+        from ..model.anchor_fit import fit_anchors
+        boxes = normalised_boxes(records)  # xyxy in [0, 1], crowd regions left out
+        if len(boxes) == 0:
+            return cfg
+        fit = fit_anchors(cfg, torch.as_tensor(boxes, dtype=torch.float32))
+        self.anchor_fit = fit.as_dict()
+        self.notes.append(fit.describe())
+        return cfg.replace(anchors=fit.anchors)
+
+    def _plan_budget(self, seconds: float) -> Budget:
+        """Time a few steps, estimate an evaluation from them, and plan the run (rank 0 decides)."""
+        a = self.args
+        per_process = a.batch
+        steps = 4
+        batches = self._extra_batches(steps + 1, targets=True, stream=7)
+        step_s = probe_step_seconds(self.ddp or self.model, self.model, batches, self._loss_on, steps) * a.accumulate
+        # forward alone ~1/3 of a training step; validation runs on rank 0 only, precise BN on all
+        fwd = step_s / (a.batch * a.accumulate) / 3
+        n_val = len(self.val_records) if (a.val and self.val_records) else 0
+        eval_s = 1.5 * fwd * n_val + fwd * self.precise_images / self.world + 2.0
+        step_s, eval_s = dist_utils.from_main([step_s, eval_s], self.device)
+        budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
+        budget.plan(0, time.time() - self.t_start)
+        if a.val_interval:
+            budget.val_interval = a.val_interval
+        self.notes.append(budget.describe() + f"; per process {per_process} images per step")
+        return budget
+
+    def _loss_on(self, net, images, targets) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        with autocast_context(self.device, self.use_amp, self.use_bf16):
+            out = net(images)
+        return self.criterion(out.bbox_regression.float(), out.cls_logits.float(), targets,
+                              self.model.anchors_cxcywh)["loss"]
 
     def _load_initial_weights(self, model: DSOD, ckpt: Dict[str, Any]) -> None:
         state = ckpt["model"]
@@ -317,9 +313,15 @@ class Trainer:
                        f"{len(unexpected)} unexpected tensors)")
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("train_bn"):  # "model" holds re-estimated BN statistics; training continues on its own
-            load_bn_buffers(self.model, ckpt["train_bn"])
+        # "model" holds the weights to evaluate (the EMA's when on) with the BN statistics "bn_stats"
+        # names; "train_bn" the buffers they had before, "train_model" the raw training weights
+        evaluated = self.ema.module if self.ema is not None else self.model
+        if self.ema is not None:
+            self.model.load_state_dict(ckpt["train_model"])
+            self.ema.load_meta(ckpt["ema"])
+        evaluated.load_state_dict(ckpt["model"])
+        if ckpt.get("train_bn"):
+            load_bn_buffers(evaluated, ckpt["train_bn"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -329,21 +331,32 @@ class Trainer:
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         self.history = list(ckpt.get("history") or [])
         self.best_fitness = float(ckpt.get("best_fitness", -1.0))
+        self.best_iteration = int(ckpt.get("best_iteration", 0))
+        if ckpt.get("val_interval"):
+            self.val_interval = int(ckpt["val_interval"])
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def eval_model(self) -> DSOD:
+        """The weights evaluated and saved: the EMA's when on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _payload(self, metrics: Optional[Dict[str, Any]] = None,
                  train_bn: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
-        p = model_payload(self.model, self.cfg, self.info.names, self.info.category_ids, metrics)
+        p = model_payload(self.eval_model, self.cfg, self.info.names, self.info.category_ids, metrics)
         p.update({
-            # which BN statistics "model" holds; "train_bn": the training run's own (for resume)
             "bn_stats": f"precise ({self.precise_images} training images)" if train_bn is not None else "running",
+            "weights": "ema" if self.ema is not None else "training",
             "train_bn": train_bn,
-            "train_args": _args_dict(self.args), "iteration": self.iteration, "epoch": self.epoch,
+            "train_model": self.model.state_dict() if self.ema is not None else None,
+            "ema": self.ema.meta() if self.ema is not None else None,
+            "train_args": args_dict(self.args), "iteration": self.iteration, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.use_amp else None,
             "rng": rng_state(), "history": self.history, "best_fitness": self.best_fitness,
-            "dataset_format": self.info.format, "world_size": self.world,
+            "best_iteration": self.best_iteration, "total_iters": self.total_iters, "val_interval": self.val_interval,
+            "anchor_fit": self.anchor_fit, "dataset_format": self.info.format, "world_size": self.world,
         })
         return p
 
@@ -356,34 +369,34 @@ class Trainer:
                 save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(metrics, train_bn))
         finally:
             if train_bn is not None:
-                load_bn_buffers(self.model, train_bn)
+                load_bn_buffers(self.eval_model, train_bn)
 
     # ------------------------------------------------------------------ precise BN
-    def _precise_batches(self, num_batches: int):
+    def _extra_batches(self, num_batches: int, targets: bool = False, stream: int = 0):
         """``num_batches`` augmented training batches, drawn as in training but from a stream of their
         own (seeded by the iteration), so the training data order is untouched."""
         a = self.args
         sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True,
-                                        seed=(a.seed + 1) * 1_000_003 + self.iteration, rank=self.rank,
-                                        world=self.world, drop_last=True)
+                                        seed=(a.seed + 1) * 1_000_003 + self.iteration + stream * 7919,
+                                        rank=self.rank, world=self.world, drop_last=True)
         loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=a.workers, collate_fn=_collate)
         done, epoch = 0, 0
         while done < num_batches:
             sampler.set_epoch(epoch)
             epoch += 1
-            for images, _ in loader:
-                yield images
+            for images, labels in loader:
+                yield (images, labels) if targets else images
                 done += 1
                 if done == num_batches:
                     return
 
     def _precise_bn(self) -> Optional[Dict[str, torch.Tensor]]:
-        """Re-estimate the BN statistics (all ranks); returns the training buffers to put back."""
+        """Re-estimate the evaluated weights' BN statistics (all ranks); returns the buffers to put back."""
         if not self.precise_images:
             return None
         num_batches = max(1, math.ceil(self.precise_images / (self.args.batch * self.world)))
         t0 = time.time()
-        previous = recompute_bn_stats(self.model, self._precise_batches(num_batches), self.device,
+        previous = recompute_bn_stats(self.eval_model, self._extra_batches(num_batches), self.device,
                                       autocast_context(self.device, self.use_amp, self.use_bf16))
         self.precise_seconds = getattr(self, "precise_seconds", 0.0) + time.time() - t0
         return previous
@@ -410,41 +423,70 @@ class Trainer:
             pos += (cls > 0).sum()
         return dist_utils.all_reduce_sum(pos)
 
+    def _set_length(self, total_iters: int, val_interval: int) -> None:
+        """A re-planned run (time=): the schedule stretches to the new length, warm-up kept."""
+        self.total_iters, self.val_interval = max(self.iteration + 1, int(total_iters)), max(1, int(val_interval))
+        fn = lr_lambda(self.total_iters, self.warmup, self.args.schedule, self.args.milestones)
+        self.scheduler.lr_lambdas = [fn] * len(self.optimizer.param_groups)
+
+    def _replan(self, step_seconds: float, eval_seconds: float) -> None:
+        b = self.budget
+        b.observe(self.iteration, time.time() - self.t_start, step_seconds, eval_seconds)
+        total, interval = dist_utils.from_main([b.total_iters, b.val_interval], self.device)
+        self._set_length(total, interval)
+
+    def _check_time(self) -> None:
+        behind = self.budget.behind(time.time() - self.t_start)
+        if dist_utils.from_main([1.0 if behind else 0.0], self.device)[0] and self.iteration < self.total_iters:
+            self.stop_reason = f"time budget: ending at iteration {self.iteration} with the final evaluation"
+            self.total_iters = self.iteration  # the run ends here: evaluated as its last iteration
+
     def train(self) -> Dict[str, Any]:
         a = self.args
         net = self.ddp or self.model
         net.train()
         stream = self._batches()
-        interrupted = {"flag": False}
 
         def on_signal(signum, frame):  # SIGTERM (kill) behaves like Ctrl-C: stop, save, exit
-            interrupted["flag"] = True
             raise _Interrupted()
 
         old_term = signal.signal(signal.SIGTERM, on_signal) if _in_main_thread() else None
         bar = tqdm(total=self.total_iters, initial=self.iteration, disable=not (self.main and a.progress),
                    dynamic_ncols=True, desc=f"train {self.cfg.name}")
-        t_start = time.time()
+        t_loop = time.time()
         window: List[float] = []
         metrics: Dict[str, Any] = {}
+        step_time, steps_timed = 0.0, 0  # since the last evaluation, for the time budget
+        last_eval = self.history[-1]["iteration"] if self.history else 0
         try:
-            stop = min(self.total_iters, a.stop_at or self.total_iters)
-            while self.iteration < stop:
+            while self.iteration < min(self.total_iters, a.stop_at or self.total_iters):
                 t0 = time.time()
                 parts = self._step(net, stream)
+                if self.ema is not None:
+                    self.ema.update(self.model)
                 self.iteration += 1
-                window.append(self.effective_batch / max(1e-9, time.time() - t0))
-                window = window[-20:]
+                dt = time.time() - t0
+                step_time, steps_timed = step_time + dt, steps_timed + 1
+                window = (window + [self.effective_batch / max(1e-9, dt)])[-20:]
                 if parts is not None:
                     bar.set_postfix(loss=f"{parts['loss']:.3f}", loc=f"{parts['loss_loc']:.3f}",
                                     conf=f"{parts['loss_conf']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     img_s=f"{sorted(window)[len(window) // 2]:.1f}", refresh=False)
                     self._running = parts
                 bar.update(1)
-                last = self.iteration == self.total_iters
-                if self.iteration % self.val_interval == 0 or last:
-                    metrics = self._evaluate_and_log(time.time() - t_start)
-                elif self.iteration == stop:
+                if self.budget is not None:
+                    self._check_time()
+                if self.iteration - last_eval >= self.val_interval or self.iteration == self.total_iters:
+                    t_eval = time.time()
+                    metrics = self._evaluate_and_log(time.time() - t_loop)
+                    last_eval = self.iteration
+                    if self.budget is not None and self.iteration < self.total_iters:
+                        self._replan(step_time / max(1, steps_timed), time.time() - t_eval)
+                        step_time, steps_timed = 0.0, 0
+                        bar.total = self.total_iters
+                    if self._out_of_patience():
+                        break
+                elif self.iteration == a.stop_at:
                     self.save_last(precise=True)
                 elif self.iteration % self.save_interval == 0:
                     self.save_last()
@@ -460,12 +502,28 @@ class Trainer:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
         bar.close()
+        if self.main and self.stop_reason and a.progress:
+            print(self.stop_reason, flush=True)
         if self.main and a.plots:
             from .plots import plot_results
             plot_results(self.run_dir / "results.csv", self.run_dir / "results.png")
         dist_utils.barrier()
         return {"run_dir": str(self.run_dir), "metrics": metrics, "iterations": self.iteration,
-                "skipped_steps": self.skipped_steps, "seconds": time.time() - t_start}
+                "skipped_steps": self.skipped_steps, "seconds": time.time() - self.t_start,
+                "stop_reason": self.stop_reason}
+
+    def _out_of_patience(self) -> bool:
+        a = self.args
+        if not a.patience or self.iteration >= self.total_iters:
+            return False
+        evals_since = sum(1 for r in self.history if r["iteration"] > self.best_iteration)
+        stop = dist_utils.from_main([1.0 if evals_since >= a.patience else 0.0], self.device)[0] > 0
+        if stop:
+            self.stop_reason = (f"early stop at iteration {self.iteration}: {evals_since} evaluations without "
+                                f"improvement (patience={a.patience}); best.pt is iteration {self.best_iteration}")
+            # the run ends here: last.pt gets the BN statistics of its weights like a finished run's
+            self.save_last(precise=True)
+        return stop
 
     def _step(self, net, stream) -> Optional[Dict[str, float]]:
         a = self.args
@@ -531,7 +589,7 @@ class Trainer:
             self._evaluate_and_save(row, metrics, train_bn)
         finally:
             if train_bn is not None:  # training continues with its own running average
-                load_bn_buffers(self.model, train_bn)
+                load_bn_buffers(self.eval_model, train_bn)
         dist_utils.barrier()
         return metrics
 
@@ -540,18 +598,18 @@ class Trainer:
         if self.main and self.val_loader is not None:
             from ..metrics import Evaluator
             evaluator = Evaluator(self.info, self.val_records)
-            metrics.update(run_evaluation(self.model, self.val_loader, evaluator, self.device, self.postprocessor,
+            metrics.update(run_evaluation(self.eval_model, self.val_loader, evaluator, self.device, self.postprocessor,
                                           amp=self.use_amp, bf16=self.use_bf16, progress=self.args.progress))
             row["voc07_map50"] = round(float(metrics.get("voc07_map50", float("nan"))), 5)
             row["voc_area_map50"] = round(float(metrics.get("voc_area_map50", float("nan"))), 5)
             row["coco_ap"] = round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)
         if self.main:
             self.history.append(row)
-            _append_csv(self.run_dir / "results.csv", row)
+            append_csv(self.run_dir / "results.csv", row)
             fitness = self._fitness(row)
             is_best = fitness > self.best_fitness
             if is_best:
-                self.best_fitness = fitness
+                self.best_fitness, self.best_iteration = fitness, self.iteration
             summary = {k: row[k] for k in ("voc07_map50", "voc_area_map50", "coco_ap") if k in row}
             payload = self._payload({**summary, "iteration": self.iteration}, train_bn)
             save_checkpoint(self.run_dir / "weights" / "last.pt", payload)
@@ -562,7 +620,7 @@ class Trainer:
                            f"COCO AP {row['coco_ap']:.4f}")
             if self.args.plots and self.val_loader is not None and self.iteration == self.total_iters:
                 from .plots import plot_predictions
-                plot_predictions(self.model, self.val_loader, self.postprocessor, self.info.names,
+                plot_predictions(self.eval_model, self.val_loader, self.postprocessor, self.info.names,
                                  self.run_dir / "val_predictions.jpg", self.device)
 
     def _fitness(self, row: Dict[str, Any]) -> float:
@@ -583,39 +641,6 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _args_dict(a: TrainArgs) -> Dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(a).items()}
-
-
-def _write_yaml(path: Path, data: Dict[str, Any]) -> None:
-    import yaml
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def _append_csv(path: Path, row: Dict[str, Any]) -> None:
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    rows.append({k: str(v) for k, v in row.items()})
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    write_csv(path, rows, keys)
-
-
-def write_csv(path: Path, rows: List[Dict[str, Any]], keys: List[str]) -> None:
-    """Write ``rows`` as CSV through a temporary file and a rename (never a half-written file)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def train(**kwargs) -> Dict[str, Any]:
-    """Python API: ``dsod.engine.trainer.train(data="bccd.yaml", model="dsod-tiny", epochs=10)``."""
+    """Python API: ``dsod.engine.trainer.train(data="bccd.yaml", model="dsod-tiny", time="30m")``."""
     return Trainer(TrainArgs(**kwargs)).train()

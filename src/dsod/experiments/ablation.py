@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..engine.trainer import write_csv
+from ..engine.run import write_csv
 
 
 @dataclass(frozen=True)
