@@ -94,7 +94,7 @@ class Budget:
 
 def probe_step_seconds(net, model, batches, step_loss, steps: int = 4) -> float:
     """Seconds per training step (data loading, forward, loss, backward; no optimizer step) over
-    ``steps`` batches after one warm-up batch. ``step_loss(net, images, targets)`` returns the loss.
+    ``steps`` batches after one warm-up batch. ``step_loss(net, images, targets)`` returns (loss, parts).
     The BN running statistics are put back afterwards and gradients cleared: the run starts as if
     the probe had not happened (BN in cumulative mode meanwhile, so Caffe BN's step count is kept)."""
     import time
@@ -112,7 +112,7 @@ def probe_step_seconds(net, model, batches, step_loss, steps: int = 4) -> float:
     try:
         t0 = time.perf_counter()
         for i, (images, targets) in enumerate(batches):
-            step_loss(net, images, targets).backward()
+            step_loss(net, images, targets)[0].backward()
             t1 = time.perf_counter()
             if i > 0:  # the first batch pays for worker start-up and first-touch allocations
                 times.append(t1 - t0)

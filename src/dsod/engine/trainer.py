@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import ModelConfig, get_config
 from ..loss import MultiBoxLoss
 from ..model import DSOD, build_model
 from ..model.layers import CaffeBatchNorm2d, convert_sync_batchnorm
@@ -27,7 +26,7 @@ from ..postprocess import PostProcessor
 from . import distributed as dist_utils
 from . import recipe as recipes
 from .budget import Budget, parse_duration, probe_step_seconds
-from .checkpoint import (config_from_dict, load_checkpoint, model_payload, rng_state,
+from .checkpoint import (load_checkpoint, model_payload, rng_state,
                          save_checkpoint, set_rng_state)
 from .ema import ModelEMA
 from .evaluate import autocast_context, run_evaluation
@@ -36,7 +35,9 @@ from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
 from .run import (TrainingError, append_csv, args_dict, next_run_dir, select_device,  # noqa: F401 (re-exported)
                   write_csv, write_yaml)
+from . import setup
 from .sampler import ResumableBatchSampler
+from .step import detection_loss, train_step
 from .train_args import PRECISE_BN_IMAGES, TrainArgs, precise_bn_images  # noqa: F401 (re-exported)
 
 
@@ -58,59 +59,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset, augment_mode, eval_transform, load_dataset
+        from ..data import DetectionDataset, eval_transform
 
-        a = self.args
-        if a.batch < 1 or a.accumulate < 1:
-            raise TrainingError("batch and accumulate must be >= 1")
-        if not 0.0 <= a.flipud <= 1.0:
-            raise TrainingError(f"flipud={a.flipud} must be a probability between 0 and 1")
-        if a.anchors not in ("auto", "preset"):
-            raise TrainingError(f"anchors={a.anchors} is not valid; use auto or preset")
-        self.resume_ckpt = load_checkpoint(a.resume) if a.resume else None
-        if self.resume_ckpt is not None:
-            saved = self.resume_ckpt.get("train_args") or {}
-            # resume continues the saved run: its arguments win except where to look for files
-            keep = {"resume", "device", "workers", "progress", "stop_at"}
-            a = dataclasses.replace(a, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
-                                          if k not in keep and hasattr(a, k)})
-        try:
-            self.budget_seconds = parse_duration(a.time) if a.iterations is None else None
-            if a.augment is not None:
-                a = dataclasses.replace(a, augment=augment_mode(a.augment))
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        self.args = a
+        self.resume_ckpt = load_checkpoint(self.args.resume) if self.args.resume else None
+        a = self.args = setup.resolve_args(self.args, self.resume_ckpt)
+        self.budget_seconds = parse_duration(a.time) if a.iterations is None else None
         torch.manual_seed(a.seed)
-
-        data = a.data
-        if data is None:
-            from ..synthetic import make_synthetic_voc
-            data = str(make_synthetic_voc(Path(a.cache_dir).expanduser()))
-        self.data_resolved = data
-        try:
-            self.dataset_spec = load_dataset(data, val_fraction=a.val_fraction, seed=0, val_images=a.val_images)
-        except ValueError as e:  # DatasetError: one line naming the file and the problem
-            raise TrainingError(str(e)) from None
-        self.info = self.dataset_spec.info
-        if self.dataset_spec.derived_val is not None:  # in args.yaml and checkpoints: a rerun holds out the same
-            a = self.args = dataclasses.replace(a, val_images=list(self.dataset_spec.derived_val))
-            self.notes.append(self.dataset_spec.derived_val_note)
-        train_records = self.dataset_spec.records("train")
-        if a.max_images:
-            train_records = train_records[: a.max_images]
-        if not train_records:
-            raise TrainingError(f"data={data}: the train split has no usable images")
-        self.val_records = self.dataset_spec.records("val") if "val" in self.dataset_spec.splits else []
-        if a.max_images:
-            self.val_records = self.val_records[: a.max_images]
+        data = setup.load_data(a)
+        self.data_resolved, self.dataset_spec, self.info = data.resolved, data.spec, data.spec.info
+        train_records, self.val_records = data.train, data.val
+        if data.val_images is not None:  # in args.yaml and checkpoints: a rerun holds out the same images
+            a = self.args = dataclasses.replace(a, val_images=data.val_images)
+            self.notes.append(data.spec.derived_val_note)
 
         # model
-        cfg, init_state = self._model_config(train_records)
+        cfg, init_state, self.anchor_fit = setup.model_config(a, self.info, train_records, self.resume_ckpt,
+                                                              self.notes)
         self.cfg = cfg
         model = build_model(cfg)
         if init_state is not None:
-            self._load_initial_weights(model, init_state)
+            setup.load_initial_weights(model, init_state, self.info.names, log=self.main)
         if a.norm == "syncbn" and self.world > 1:
             model = convert_sync_batchnorm(model)
         self.numerics = decide_numerics(self.device, a.amp, a.bf16, a.channels_last)
@@ -226,49 +194,6 @@ class Trainer:
         from ..data import train_transform
         self.train_set.transform = train_transform(self.cfg.image_size, mode=mode, flipud=self.args.flipud)
 
-    def _model_config(self, train_records) -> Tuple[ModelConfig, Optional[Dict[str, Any]]]:
-        a = self.args
-        self.anchor_fit: Optional[Dict[str, Any]] = None
-        num_classes = len(self.info.names) + 1
-        if self.resume_ckpt is not None:
-            self.anchor_fit = self.resume_ckpt.get("anchor_fit")
-            return config_from_dict(self.resume_ckpt["model_config"]), None
-        init = None
-        if a.model.endswith(".pt"):
-            init = load_checkpoint(a.model)
-            cfg = config_from_dict(init["model_config"])
-        else:
-            try:
-                cfg = get_config(a.model)
-            except ValueError as e:
-                raise TrainingError(str(e)) from None
-        if a.weights:
-            init = load_checkpoint(a.weights)
-        overrides: Dict[str, Any] = {"num_classes": num_classes}
-        if a.imgsz:
-            overrides["image_size"] = a.imgsz
-        if a.norm == "gn":
-            overrides["norm"] = "gn"
-        if a.bn_decay is not None:
-            overrides["bn_decay"] = a.bn_decay
-        cfg = cfg.replace(**overrides)
-        # fitted default boxes for a network trained from its preset (a checkpoint's heads were trained
-        # for its own boxes, so starting from one keeps them)
-        if a.anchors == "auto" and init is None:
-            cfg = self._fit_anchors(cfg, train_records)
-        return cfg, init
-
-    def _fit_anchors(self, cfg: ModelConfig, records) -> ModelConfig:
-        from ..data.check import normalised_boxes
-        from ..model.anchor_fit import fit_anchors
-        boxes = normalised_boxes(records)  # xyxy in [0, 1], crowd regions left out
-        if len(boxes) == 0:
-            return cfg
-        fit = fit_anchors(cfg, torch.as_tensor(boxes, dtype=torch.float32))
-        self.anchor_fit = fit.as_dict()
-        self.notes.append(fit.describe())
-        return cfg.replace(anchors=fit.anchors)
-
     def _plan_budget(self, seconds: float) -> Budget:
         """Time a few steps, estimate an evaluation from them, and plan the run (rank 0 decides)."""
         a = self.args
@@ -288,29 +213,9 @@ class Trainer:
         self.notes.append(budget.describe() + f"; per process {per_process} images per step")
         return budget
 
-    def _loss_on(self, net, images, targets) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
-        with autocast_context(self.device, self.use_amp, self.use_bf16):
-            out = net(images)
-        return self.criterion(out.bbox_regression.float(), out.cls_logits.float(), targets,
-                              self.model.anchors_cxcywh)["loss"]
-
-    def _load_initial_weights(self, model: DSOD, ckpt: Dict[str, Any]) -> None:
-        state = ckpt["model"]
-        own = model.state_dict()
-        mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if mismatched:
-            if self.main:
-                tqdm.write(f"warning: {len(mismatched)} tensors differ in shape (class count "
-                           f"{len(ckpt.get('names') or [])} -> {len(self.info.names)}); re-initialising the "
-                           "detection heads")
-            state = {k: v for k, v in state.items() if k not in mismatched}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if self.main and (set(missing) - set(mismatched) or unexpected):
-            tqdm.write(f"warning: weights do not match the model exactly ({len(missing)} missing, "
-                       f"{len(unexpected)} unexpected tensors)")
+    def _loss_on(self, net, images, targets) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        return detection_loss(net, self.model, self.criterion, images, targets, self.device, self.memory_format,
+                              autocast_context(self.device, self.use_amp, self.use_bf16), self.world)
 
     def _restore(self, ckpt: Dict[str, Any]) -> None:
         # "model" holds the weights to evaluate (the EMA's when on) with the BN statistics "bn_stats"
@@ -407,21 +312,14 @@ class Trainer:
         while True:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
             for batch in self.train_loader:
+                if self.iteration == 0 and self.batch_in_epoch == 0 and self.epoch == 0 and self.main \
+                        and self.args.plots and self.resume_ckpt is None:
+                    from .plots import plot_batch
+                    plot_batch(*batch, self.info.names, self.run_dir / "train_batch0.jpg")
                 self.batch_in_epoch += 1
                 yield batch
             self.epoch += 1
             self.batch_in_epoch = 0
-
-    def _global_num_pos(self, targets) -> Optional[torch.Tensor]:
-        if self.world == 1:
-            return None
-        # Normalise by the positives of the whole global batch so that N processes x batch b equal
-        # 1 process x batch N*b (Caffe normalised per GPU; results then depend on the GPU count).
-        pos = torch.tensor([0.0], device=self.device)
-        with torch.no_grad():
-            cls, _, _ = self.criterion.build_targets(targets, self.model.anchors_cxcywh)
-            pos += (cls > 0).sum()
-        return dist_utils.all_reduce_sum(pos)
 
     def _set_length(self, total_iters: int, val_interval: int) -> None:
         """A re-planned run (time=): the schedule stretches to the new length, warm-up kept."""
@@ -434,6 +332,9 @@ class Trainer:
         b.observe(self.iteration, time.time() - self.t_start, step_seconds, eval_seconds)
         total, interval = dist_utils.from_main([b.total_iters, b.val_interval], self.device)
         self._set_length(total, interval)
+        if self.main and self.args.progress:
+            tqdm.write(f"time budget: {step_seconds:.2f} s per iteration, {eval_seconds:.0f} s per evaluation "
+                       f"measured -> {self.total_iters} iterations")
 
     def _check_time(self) -> None:
         behind = self.budget.behind(time.time() - self.t_start)
@@ -504,6 +405,8 @@ class Trainer:
         bar.close()
         if self.main and self.stop_reason and a.progress:
             print(self.stop_reason, flush=True)
+        if self.main and self.budget is not None:  # args.yaml: the plan as it ended
+            self._write_args()
         if self.main and a.plots:
             from .plots import plot_results
             plot_results(self.run_dir / "results.csv", self.run_dir / "results.png")
@@ -527,56 +430,22 @@ class Trainer:
 
     def _step(self, net, stream) -> Optional[Dict[str, float]]:
         a = self.args
-        self.optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "loss_loc": 0.0, "loss_conf": 0.0}
-        finite = True
-        for micro in range(a.accumulate):
-            images, targets = next(stream)
-            if self.iteration == 0 and micro == 0 and self.main and a.plots and self.resume_ckpt is None:
-                from .plots import plot_batch
-                plot_batch(images, targets, self.info.names, self.run_dir / "train_batch0.jpg")
-            # pinned host memory on CUDA (the loader's pin_memory): the copies overlap the compute
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
-                       for t in targets]
-            with autocast_context(self.device, self.use_amp, self.use_bf16):
-                out = net(images)
-            global_pos = self._global_num_pos(targets)
-            parts = self.criterion(out.bbox_regression.float(), out.cls_logits.float(), targets,
-                                   self.model.anchors_cxcywh)
-            loss = parts["loss"]
-            if global_pos is not None:  # see _global_num_pos
-                loss = loss * parts["num_pos"].clamp(min=1) / global_pos.clamp(min=1) * self.world
-            loss = loss / a.accumulate
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            self.scaler.scale(loss).backward()
-            for k in sums:
-                sums[k] += float(parts[k].detach()) / a.accumulate
-        if self.world > 1:  # every process must agree on skipping, or DDP would hang
-            flag = dist_utils.all_reduce_sum(torch.tensor([0.0 if finite else 1.0], device=self.device))
-            finite = bool(flag.item() == 0)
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            self.skipped_steps += 1
-            if self.main:
-                tqdm.write(f"warning: non-finite loss at iteration {self.iteration}; step skipped "
-                           f"({self.bad_steps} in a row, {self.skipped_steps} in total)")
-            if self.bad_steps >= a.max_bad_steps:
-                raise TrainingError(f"the loss was NaN/inf for {self.bad_steps} iterations in a row at iteration "
-                                    f"{self.iteration}; lower lr (now {self.lr:g}), enable grad_clip, or check the data")
-            self.scheduler.step()
-            return None
-        self.bad_steps = 0
-        if a.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        parts = train_step(stream, lambda images, targets: self._loss_on(net, images, targets), self.optimizer,
+                           self.scaler, accumulate=a.accumulate, world=self.world, device=self.device,
+                           params=self.model.parameters(), grad_clip=a.grad_clip)
         self.scheduler.step()
-        return sums
+        if parts is not None:
+            self.bad_steps = 0
+            return parts
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        if self.main:
+            tqdm.write(f"warning: non-finite loss at iteration {self.iteration}; step skipped "
+                       f"({self.bad_steps} in a row, {self.skipped_steps} in total)")
+        if self.bad_steps >= a.max_bad_steps:
+            raise TrainingError(f"the loss was NaN/inf for {self.bad_steps} iterations in a row at iteration "
+                                f"{self.iteration}; lower lr (now {self.lr:g}), enable grad_clip, or check the data")
+        return None
 
     def _evaluate_and_log(self, elapsed: float) -> Dict[str, Any]:
         row: Dict[str, Any] = {"iteration": self.iteration, "epoch": round(self.iteration / self.iters_per_epoch, 3),

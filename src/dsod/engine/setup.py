@@ -1,0 +1,129 @@
+"""What a training run is made of before its first step: its arguments (a resumed run's own), its data
+(with a held-out validation split where the dataset has none) and its network's configuration
+(default boxes fitted to the data, starting weights). The trainer calls these once."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from ..config import ModelConfig, get_config
+from .budget import parse_duration
+from .checkpoint import config_from_dict, load_checkpoint
+from .run import TrainingError
+from .train_args import TrainArgs
+
+# a resumed run continues with its own arguments, except where to look for files and how to show it
+RESUME_KEEPS = {"resume", "device", "workers", "progress", "stop_at"}
+
+
+def resolve_args(a: TrainArgs, resume_ckpt: Optional[Dict[str, Any]]) -> TrainArgs:
+    """Checked arguments, a resumed run's own where it has them (a new object: ``a`` is not changed)."""
+    from ..data import augment_mode
+
+    if a.batch < 1 or a.accumulate < 1:
+        raise TrainingError("batch and accumulate must be >= 1")
+    if not 0.0 <= a.flipud <= 1.0:
+        raise TrainingError(f"flipud={a.flipud} must be a probability between 0 and 1")
+    if a.anchors not in ("auto", "preset"):
+        raise TrainingError(f"anchors={a.anchors} is not valid; use auto or preset")
+    if resume_ckpt is not None:
+        saved = resume_ckpt.get("train_args") or {}
+        a = dataclasses.replace(a, **{k: (tuple(v) if isinstance(v, list) and k != "val_images" else v)
+                                      for k, v in saved.items() if k not in RESUME_KEEPS and hasattr(a, k)})
+    try:
+        parse_duration(a.time)
+        if a.augment is not None:
+            a = dataclasses.replace(a, augment=augment_mode(a.augment))
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    return a
+
+
+@dataclass
+class RunData:
+    resolved: str  # what data= became (the synthetic set's folder when it was None)
+    spec: Any  # data.DatasetSpec
+    train: list
+    val: list
+    val_images: Optional[List[str]]  # the held-out validation images of a train-only dataset
+
+
+def load_data(a: TrainArgs) -> RunData:
+    from ..data import load_dataset
+
+    data = a.data
+    if data is None:
+        from ..synthetic import make_synthetic_voc
+        data = str(make_synthetic_voc(Path(a.cache_dir).expanduser()))
+    try:
+        # seed 0, not the training seed: runs with other seeds are scored on the same held-out images
+        spec = load_dataset(data, val_fraction=a.val_fraction, seed=0, val_images=a.val_images)
+    except ValueError as e:  # DatasetError: one line naming the file and the problem
+        raise TrainingError(str(e)) from None
+    train = spec.records("train")[: a.max_images or None]
+    if not train:
+        raise TrainingError(f"data={data}: the train split has no usable images")
+    val = (spec.records("val") if "val" in spec.splits else [])[: a.max_images or None]
+    derived = list(spec.derived_val) if spec.derived_val is not None else None
+    return RunData(data, spec, train, val, derived)
+
+
+def model_config(a: TrainArgs, info, train_records, resume_ckpt: Optional[Dict[str, Any]],
+                 notes: List[str]) -> Tuple[ModelConfig, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """(config, starting checkpoint or None, the default-box fit or None); the fit's line goes to ``notes``."""
+    if resume_ckpt is not None:
+        return config_from_dict(resume_ckpt["model_config"]), None, resume_ckpt.get("anchor_fit")
+    init = None
+    if a.model.endswith(".pt"):
+        init = load_checkpoint(a.model)
+        cfg = config_from_dict(init["model_config"])
+    else:
+        try:
+            cfg = get_config(a.model)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+    if a.weights:
+        init = load_checkpoint(a.weights)
+    overrides: Dict[str, Any] = {"num_classes": len(info.names) + 1}
+    if a.imgsz:
+        overrides["image_size"] = a.imgsz
+    if a.norm == "gn":
+        overrides["norm"] = "gn"
+    if a.bn_decay is not None:
+        overrides["bn_decay"] = a.bn_decay
+    cfg = cfg.replace(**overrides)
+    # default boxes fitted to the data for a network trained from its preset (a checkpoint's heads
+    # were trained for its own boxes, so starting from one keeps them)
+    if a.anchors != "auto" or init is not None:
+        return cfg, init, None
+    from ..data.check import normalised_boxes
+    from ..model.anchor_fit import fit_anchors
+
+    boxes = normalised_boxes(train_records)  # xyxy in [0, 1], crowd regions left out
+    if len(boxes) == 0:
+        return cfg, init, None
+    fit = fit_anchors(cfg, torch.as_tensor(boxes, dtype=torch.float32))
+    notes.append(fit.describe())
+    return cfg.replace(anchors=fit.anchors), init, fit.as_dict()
+
+
+def load_initial_weights(model: torch.nn.Module, ckpt: Dict[str, Any], names: List[str], log: bool) -> None:
+    """``weights=``/``model=x.pt``: every tensor that fits; the heads re-initialised when the class
+    count differs."""
+    state = ckpt["model"]
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        if log:
+            tqdm.write(f"warning: {len(mismatched)} tensors differ in shape (class count "
+                       f"{len(ckpt.get('names') or [])} -> {len(names)}); re-initialising the detection heads")
+        state = {k: v for k, v in state.items() if k not in mismatched}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if log and (set(missing) - set(mismatched) or unexpected):
+        tqdm.write(f"warning: weights do not match the model exactly ({len(missing)} missing, "
+                   f"{len(unexpected)} unexpected tensors)")
