@@ -102,3 +102,11 @@ def reference_match(iou: torch.Tensor, threshold: float = 0.5):
     extra = (matched < 0) & (max_iou >= threshold)
     matched[extra] = best_gt[extra]
     return matched, max_iou
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that must be interruptible: a shell starts background jobs (``cmd &``,
+    nohup, CI runners) with SIGINT ignored, the children inherit that, and Python then installs no
+    KeyboardInterrupt handler. Tests that send SIGINT restore the default first."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,7 +19,10 @@ def test_dsod_train_runs_cpu_ddp_workers_and_forwards_ctrl_c(shared_data, tmp_pa
            "name=ddp", "save_interval=1", "max_images=8", "device=cpu", "precise_bn=false"]
     env = {k: v for k, v in os.environ.items() if k not in ("DSOD_ALLOCATOR", "OMP_NUM_THREADS")}
     env["DSOD_CPU_PROCESSES"] = "2"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    from helpers import sigint_default
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=sigint_default)
     last = tmp_path / "ddp" / "weights" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and proc.poll() is None:

@@ -85,7 +85,10 @@ def test_interrupt_leaves_a_loadable_checkpoint(bccd_same_split, tmp_path):
     # One OpenMP thread: with two on a loaded 2-core machine, per-op barriers wait for a descheduled
     # thread and an iteration (after which the SIGINT is honoured) could take minutes.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    from helpers import sigint_default
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=sigint_default)
     last = tmp_path / "int" / "weights" / "last.pt"
     deadline = time.time() + 180
     while not last.exists() and time.time() < deadline and proc.poll() is None:
