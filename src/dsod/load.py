@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .config import ModelConfig
 
@@ -14,14 +14,23 @@ class ModelSpecError(ValueError):
 def load_model(spec: str, imgsz: Optional[int] = None) -> Tuple["object", ModelConfig]:
     """(model in eval mode, its ModelConfig) from a preset name or a ``.pt`` checkpoint; ``imgsz``
     rebuilds it at that input size with the same weights (the default boxes follow the size)."""
+    model, cfg, _ = load_model_and_checkpoint(spec, imgsz)
+    return model, cfg
+
+
+def load_model_and_checkpoint(spec: str, imgsz: Optional[int] = None
+                              ) -> Tuple["object", ModelConfig, Optional[Dict[str, Any]]]:
+    """As ``load_model``, plus the checkpoint's contents (names, train_args, ...; None for a preset)."""
     from .config import PRESETS
     from .model import build_model
 
     p = Path(str(spec)).expanduser()
+    ckpt = None
     if p.suffix == ".pt" or p.is_file():
         from .engine.checkpoint import build_from_checkpoint, load_checkpoint
 
-        model, cfg = build_from_checkpoint(load_checkpoint(p))
+        ckpt = load_checkpoint(p)
+        model, cfg = build_from_checkpoint(ckpt)
     elif str(spec) in PRESETS:
         model = build_model(str(spec))
         cfg = model.config
@@ -31,4 +40,4 @@ def load_model(spec: str, imgsz: Optional[int] = None) -> Tuple["object", ModelC
         resized = build_model(cfg.replace(image_size=int(imgsz)))
         resized.load_state_dict(model.state_dict())
         model, cfg = resized, resized.config
-    return model.eval(), cfg
+    return model.eval(), cfg, ckpt

@@ -3,7 +3,9 @@
     from dsod.onnx_backend import OnnxDetector
     det = OnnxDetector("best.onnx")                       # fp32 or the int8 "best-int8.onnx"
     boxes, scores = det.predict(batch)                    # batch: (N, 3, S, S) float32, BGR minus mean
-    results = det.detect([rgb_uint8_array, ...])          # full pipeline, like dsod.predict.Detector
+
+The full pipeline (preprocessing, post-processing, class names) is ``dsod.predict.Detector``, which
+runs these files through ``dsod.runners.OrtRunner`` (``Detector.load("best.onnx")``).
 
 The exported graph (``dsod.export``) takes ``images`` (N, 3, S, S) float32 BGR minus (104, 117, 123),
 dynamic N, and outputs ``boxes`` (N, A, 4) xyxy normalised to [0, 1] of the input (default boxes baked
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -26,11 +28,9 @@ class OnnxDetector:
     Args:
         path: the .onnx file.
         threads: intra-op threads (None: ONNX Runtime's default, one per core).
-        conf, iou, max_det: post-processing for ``detect`` (as ``dsod predict``).
     """
 
-    def __init__(self, path: Union[str, Path], threads: Optional[int] = None, conf: float = 0.25,
-                 iou: float = 0.45, max_det: int = 200, topk_candidates: int = 400):
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -51,7 +51,6 @@ class OnnxDetector:
         self.image_size = int(self.metadata.get("image_size") or shape[-1])
         self.names: List[str] = list(self.metadata.get("names") or [])
         self.has_nms = "selected" in self.output_names
-        self.conf, self.iou, self.max_det, self.topk_candidates = conf, iou, max_det, topk_candidates
 
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """All outputs by name for a preprocessed batch."""
@@ -65,40 +64,13 @@ class OnnxDetector:
         out = self.run(batch)
         return out["boxes"], out["scores"]
 
-    def detect(self, images: Sequence[np.ndarray], batch: int = 8) -> List[Dict[str, Any]]:
-        """RGB uint8 images (H, W, 3) -> one dict per image like ``dsod.predict.Detector``: ``boxes``
-        (K, 4) xyxy in original pixels, ``scores``, ``labels`` (dataset class index), ``names``.
-        Post-processing is ``dsod.postprocess.PostProcessor``'s (per-class top-k, batched NMS)."""
-        import torch
-
-        from .postprocess import PostProcessor
-
-        post = PostProcessor(score_thresh=self.conf, nms_thresh=self.iou, topk_candidates=self.topk_candidates,
-                             detections_per_img=self.max_det)
-        results: List[Dict[str, Any]] = []
-        for i in range(0, len(images), batch):
-            chunk = images[i:i + batch]
-            x = np.stack([preprocess_rgb(im, self.image_size) for im in chunk])
-            boxes, scores = self.predict(x)
-            for b, s, im in zip(boxes, scores, chunk):
-                h, w = im.shape[:2]
-                d = post._single(torch.from_numpy(b), torch.from_numpy(s), float(h), float(w))
-                d["names"] = [self.names[int(l)] if int(l) < len(self.names) else str(int(l))
-                              for l in d["labels"]]
-                results.append(d)
-        return results
-
 
 def preprocess_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> (3, size, size) float32 network input: warp-resize (bilinear), BGR, minus
-    the mean (104, 117, 123), no std (spec §1.7; the same transform as ``dsod predict``)."""
-    from PIL import Image
+    """RGB uint8 (H, W, 3) -> (3, size, size) float32 network input: ``dsod.data.preprocess.preprocess``
+    (the one test-time preprocessing, also that of ``dsod val`` and ``dsod predict``) as an array."""
+    from .data.preprocess import preprocess
 
-    from .config import PIXEL_MEAN_BGR
-
-    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.float32)
-    bgr = resized[:, :, ::-1] - np.asarray(PIXEL_MEAN_BGR, dtype=np.float32)
-    return np.ascontiguousarray(bgr.transpose(2, 0, 1))
+    return preprocess(rgb, size).numpy()
 
 
 def list_images(source: Union[str, Path], limit: Optional[int] = None) -> List[Path]:
@@ -118,6 +90,13 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
         return load_image(path)
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from None
+
+
+def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
+    """An exported file's metadata (names, image_size, checkpoint_sha256, int8 figures ...)."""
+    import onnx
+
+    return {p.key: _maybe_json(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _maybe_json(v: str):

@@ -12,6 +12,15 @@ from .box_coder import decode
 from .boxes import cxcywh_to_xyxy
 
 
+def decode_outputs(bbox_regression: torch.Tensor, cls_logits: torch.Tensor, anchors_cxcywh: torch.Tensor,
+                   variances: Tuple[float, float] = (0.1, 0.2)) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Network outputs -> (boxes (N, A, 4) xyxy normalised to the input, scores (N, A, C-1) softmax
+    probabilities without the background class): the part of ``DetectionOutput`` every backend shares
+    (eager here, the exported ONNX graph in ``dsod.export``, which traces this same function)."""
+    boxes = cxcywh_to_xyxy(decode(bbox_regression.float(), anchors_cxcywh, variances))
+    return boxes, torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+
+
 class PostProcessor:
     """Args:
         score_thresh, nms_thresh, topk_candidates (per class, before NMS), detections_per_img.
@@ -35,15 +44,20 @@ class PostProcessor:
     @torch.no_grad()
     def __call__(self, bbox_regression: torch.Tensor, cls_logits: torch.Tensor, anchors_cxcywh: torch.Tensor,
                  image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[str, torch.Tensor]]:
-        boxes_all = cxcywh_to_xyxy(decode(bbox_regression.float(), anchors_cxcywh, self.variances))
-        scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+        return self.select(*decode_outputs(bbox_regression, cls_logits, anchors_cxcywh, self.variances), image_sizes)
+
+    @torch.no_grad()
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor,
+               image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict[str, torch.Tensor]]:
+        """Decoded ``boxes`` (N, A, 4) and ``scores`` (N, A, C-1) (``decode_outputs``, or an exported
+        graph's outputs) -> one dict per image, as ``__call__``."""
         results = []
-        for i in range(boxes_all.shape[0]):
+        for i in range(boxes.shape[0]):
             h, w = image_sizes[i] if image_sizes is not None else (1.0, 1.0)
-            results.append(self._single(boxes_all[i], scores_all[i], float(h), float(w)))
+            results.append(self.single(boxes[i], scores[i], float(h), float(w)))
         return results
 
-    def _single(self, boxes: torch.Tensor, scores: torch.Tensor, h: float, w: float) -> Dict[str, torch.Tensor]:
+    def single(self, boxes: torch.Tensor, scores: torch.Tensor, h: float, w: float) -> Dict[str, torch.Tensor]:
         anchor_idx, labels = torch.nonzero(scores > self.score_thresh, as_tuple=True)
         s = scores[anchor_idx, labels]
         # Per-class top-k: order by score, then (stably) by class; rank within each class.

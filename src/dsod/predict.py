@@ -1,7 +1,7 @@
 """Inference on images: the Python API (``Detector``) behind ``dsod predict``.
 
     from dsod.predict import Detector
-    det = Detector.load("runs/train/weights/best.pt")
+    det = Detector.load("runs/train/weights/best.pt")   # backend="auto": fastest lossless here (printed)
     results = det.predict("image.jpg")          # or a folder, a glob, a PIL image, an RGB uint8 array
     results[0]["boxes"], results[0]["scores"], results[0]["names"]
 
@@ -10,14 +10,14 @@ Boxes are xyxy in the original image's pixels (the warp-resize is undone), for a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from .data.images import ImageError, find_images
-from .onnx_backend import preprocess_rgb
+from .data.preprocess import preprocess as _preprocess
 from .onnx_backend import read_rgb as onnx_read_rgb
 from .postprocess import PostProcessor
 
@@ -46,51 +46,74 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> network input (3, size, size): warp-resize (bilinear), BGR, minus the
-    mean (spec §1.7 test transform; the same function as the ONNX backend's)."""
-    return torch.from_numpy(preprocess_rgb(rgb, size))
+    """RGB uint8 (H, W, 3) -> network input (3, size, size): ``dsod.data.preprocess.preprocess``, the
+    same pixels ``dsod val`` and the ONNX backend feed the network."""
+    return _preprocess(rgb, size)
 
 
 class Detector:
-    """A trained DSOD ready for inference (torch eager, or an exported ONNX model)."""
+    """A trained DSOD ready for inference, on any backend (``dsod.backends``): PyTorch eager or fused,
+    or an exported ONNX file in ONNX Runtime (fp32 or int8). ``Detector.load`` chooses the backend.
 
-    def __init__(self, model: torch.nn.Module, names: Sequence[str], image_size: int,
-                 category_ids: Optional[Sequence[int]] = None, device: Union[str, torch.device] = "cpu",
-                 conf: float = 0.25, iou: float = 0.45, max_det: int = 200):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+    Args:
+        runner: a ``dsod.runners`` runner (preprocessed batch -> decoded boxes and scores).
+        names, image_size, category_ids: the model's classes and input size.
+        conf, iou, max_det: post-processing (``PostProcessor``).
+    """
+
+    def __init__(self, runner, names: Sequence[str], image_size: int, category_ids: Optional[Sequence[int]] = None,
+                 conf: float = 0.25, iou: float = 0.45, max_det: int = 200, backend=None):
+        self.runner = runner
         self.names = list(names)
-        self.category_ids = list(category_ids) if category_ids is not None else None
-        self.image_size = image_size
+        self.category_ids = list(category_ids) if category_ids else None
+        self.image_size = int(image_size)
         self.conf = conf
+        self.backend = backend  # the BackendChoice, when ``load`` made it
         # Thresholding at ``conf`` before NMS gives the same boxes above ``conf`` as thresholding after
         # (only a higher-scoring box can suppress another), and is faster.
-        variances = model.config.anchors.variances if getattr(model, "config", None) else (0.1, 0.2)
-        self.postprocessor = PostProcessor(score_thresh=conf, nms_thresh=iou, detections_per_img=max_det,
-                                           variances=variances)
+        self.postprocessor = PostProcessor(score_thresh=conf, nms_thresh=iou, detections_per_img=max_det)
 
     @classmethod
-    def load(cls, path: Union[str, Path], device: str = "cpu", **kwargs) -> "Detector":
-        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+    def load(cls, path: Union[str, Path], backend: str = "auto", device: str = "auto", data: Optional[str] = None,
+             threads: Optional[int] = None, log=print, **kwargs) -> "Detector":
+        """A checkpoint (.pt) or an exported model (.onnx) on the backend ``backend=`` names (``auto``:
+        ``dsod.backends.choose_backend``; the choice is printed through ``log``). ``data``: the dataset
+        an int8 export is calibrated and checked on (default: the checkpoint's own)."""
+        from .backends import BackendError, choose_backend, open_runner
+        from .engine.checkpoint import CheckpointError
 
-        ckpt = load_checkpoint(path)
-        model, cfg = build_from_checkpoint(ckpt)
-        return cls(model, ckpt["names"], cfg.image_size, ckpt.get("category_ids"), device=device, **kwargs)
+        try:
+            choice = choose_backend(path, backend, device, data, log=log)
+            model, names, size, ids = None, None, None, None
+            if choice.name in ("torch", "fused"):
+                from .engine.checkpoint import build_from_checkpoint, load_checkpoint
 
-    @torch.no_grad()
+                ckpt = load_checkpoint(path)
+                model, cfg = build_from_checkpoint(ckpt)
+                names, size, ids = ckpt["names"], cfg.image_size, ckpt.get("category_ids")
+            runner = open_runner(choice, model, threads)
+        except (BackendError, CheckpointError, FileNotFoundError) as e:
+            raise PredictError(str(e)) from None
+        if model is None:
+            meta = runner.metadata
+            names, size, ids = meta.get("names") or [], meta["image_size"], meta.get("category_ids")
+        log(choice.describe())
+        return cls(runner, names, size, ids, backend=choice, **kwargs)
+
+    def detect(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
+        """A preprocessed batch (N, 3, S, S) -> one result per image (boxes in ``image_sizes`` pixels)."""
+        boxes, scores = self.runner(x)
+        results = self.postprocessor.select(boxes, scores, image_sizes)
+        for d in results:
+            d["names"] = [self.names[int(l)] if int(l) < len(self.names) else str(int(l)) for l in d["labels"]]
+        return results
+
     def predict_arrays(self, images: Sequence[np.ndarray], batch: int = 8) -> List[Dict[str, Any]]:
         results: List[Dict[str, Any]] = []
         for i in range(0, len(images), batch):
             chunk = images[i:i + batch]
-            x = torch.stack([preprocess(im, self.image_size) for im in chunk]).to(self.device)
-            out = self.model(x)
-            sizes = [im.shape[:2] for im in chunk]
-            dets = self.postprocessor(out.bbox_regression.float(), out.cls_logits.float(),
-                                      self.model.anchors_cxcywh, image_sizes=sizes)
-            for d in dets:
-                d = {k: v.cpu() for k, v in d.items()}
-                d["names"] = [self.names[int(l)] for l in d["labels"]]
-                results.append(d)
+            x = torch.stack([preprocess(im, self.image_size) for im in chunk])
+            results += self.detect(x, [im.shape[:2] for im in chunk])
         return results
 
     def predict(self, source: Union[Source, Iterable[Source]], batch: int = 8) -> List[Dict[str, Any]]:
@@ -115,27 +138,6 @@ class Detector:
         for r, m in zip(results, meta):
             r.update(m)
         return results
-
-
-class OnnxRuntimeDetector(Detector):
-    """``Detector`` on a model written by ``dsod export`` (ONNX Runtime; fp32 or int8): same
-    ``predict`` API and outputs, the network and decoding run in ONNX Runtime."""
-
-    def __init__(self, path: Union[str, Path], conf: float = 0.25, iou: float = 0.45, max_det: int = 200):
-        from .onnx_backend import OnnxDetector
-
-        try:
-            self.session = OnnxDetector(path, conf=conf, iou=iou, max_det=max_det)
-        except FileNotFoundError as e:
-            raise PredictError(str(e)) from None
-        self.names = self.session.names
-        ids = self.session.metadata.get("category_ids")
-        self.category_ids = list(ids) if ids else None
-        self.image_size = self.session.image_size
-        self.conf = conf
-
-    def predict_arrays(self, images: Sequence[np.ndarray], batch: int = 8) -> List[Dict[str, Any]]:
-        return self.session.detect(images, batch)
 
 
 def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None:

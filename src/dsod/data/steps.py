@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from ..config import PIXEL_MEAN_BGR
+from .preprocess import to_network_input
 
 PIXEL_MEAN_RGB = tuple(PIXEL_MEAN_BGR[::-1])
 # Caffe's 7 batch samplers (spec §1.8): the whole image, then min IoU 0.1 ... 0.9, then no constraint
@@ -169,19 +170,19 @@ class ToNetworkInput:
     """uint8 RGB (3, S, S) -> float32 BGR minus the mean (spec §1.1); boxes -> float32 xyxy / (S_w, S_h)."""
 
     def __init__(self, mean_bgr: Sequence[float] = PIXEL_MEAN_BGR):
-        self.mean = torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)
+        self.mean_bgr = tuple(float(v) for v in mean_bgr)
 
     def __call__(self, image: torch.Tensor, target: Dict[str, Any]):
-        x = image.as_subclass(torch.Tensor).flip(0).to(torch.float32) - self.mean
+        x = to_network_input(image, self.mean_bgr)
         h, w = x.shape[-2:]
         out = dict(target)
         boxes = target["boxes"].as_subclass(torch.Tensor).to(torch.float32).reshape(-1, 4)
         # clamp: float rounding in flips/resizes can leave -1e-7 or 1 + 1e-7, outside the [0, 1] contract
         out["boxes"] = (boxes / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp_(0.0, 1.0)
-        return x.contiguous(), out
+        return x, out
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean_bgr={tuple(self.mean.flatten().tolist())})"
+        return f"{type(self).__name__}(mean_bgr={self.mean_bgr})"
 
 
 def _size(size) -> Tuple[int, int]:

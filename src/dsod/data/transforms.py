@@ -50,6 +50,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from ..config import PIXEL_MEAN_BGR
 from .augment import SSDAugment
+from .preprocess import eval_resize
 # the steps live in their own module so that augment (which reuses them) and this one form no cycle
 from .steps import (PIXEL_MEAN_RGB, RESIZE_CHOICES, SSDBatchSamplerCrop, SSDPhotometricDistort,
                     ToNetworkInput, _size, _target_tensors)
@@ -145,10 +146,11 @@ def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = 
 
 
 def eval_transform(size=300) -> v2.Compose:
-    """Warp-resize (bilinear, no antialias: Caffe's test-time INTER_LINEAR, spec §1.7) + normalise.
+    """``(image, target)`` -> network input and target (boxes normalised to it) for ``dsod val`` and
+    validation during training: the one test-time preprocessing (``preprocess.eval_resize`` and
+    ``preprocess.to_network_input``, which ``dsod predict``, the ONNX backend and export also use).
     The dataset adds ``orig_size`` so predictions can be mapped back to original pixels."""
-    return v2.Compose([v2.Resize(_size(size), interpolation=InterpolationMode.BILINEAR, antialias=False),
-                       ToNetworkInput()])
+    return v2.Compose([eval_resize(size), ToNetworkInput()])
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

@@ -198,6 +198,13 @@ class Evaluator:
     def num_updated(self) -> int:
         return len(self._dets)
 
+    def detections(self):
+        """(image ids, detection dicts with ``boxes``, ``scores``, ``labels``) of the updated images, in
+        the evaluator's image order (for ``write_detections_json``: ``dsod val save_json=true``)."""
+        idxs = sorted(self._dets)
+        return ([self.image_ids[i] for i in idxs],
+                [dict(zip(("boxes", "scores", "labels"), self._dets[i][:3])) for i in idxs])
+
     def _det_arrays(self):
         idxs = sorted(self._dets)
         if not idxs:

@@ -6,7 +6,9 @@ Everything is measured in the same run, after warm-up, as medians over ``runs`` 
 models and backends interleaved round-robin (so that load from other processes hits all of them alike):
 use the *ratios* between rows, not absolute milliseconds, on a shared machine.
 
-Keys of ``bench_main(opts)`` (values may be strings, as the CLI passes them):
+The package: ``timing`` (timers, ceiling, thread probe), ``train`` (the training section, fresh
+processes per configuration through ``engine.train_probe``), this module (backends, peers, report).
+Keys (declared in ``dsod.cli.options``; ``bench_main`` takes parsed values, missing ones ``DEFAULTS``):
     model      preset name or checkpoint .pt (default dsod300).
     compare    comma-separated peers: ssd300_vgg16, ssdlite320 (torchvision, built with weights=None,
                weights_backbone=None: nothing is downloaded); ``none`` for no peers.
@@ -35,12 +37,17 @@ Keys of ``bench_main(opts)`` (values may be strings, as the CLI passes them):
                threshold, NCHW, fp32, one thread), the new default ``dsod train`` picks on this CPU,
                each switch alone (allocator, channels-last, bf16, threads, DDP processes) and the
                standard (not memory-efficient) network; each configuration in fresh processes
-               (``dsod.bench_train``).
+               (``dsod.bench.train``).
     train_model  the model of the training section (default: ``model``).
     train_batch  its batch (default: ``batch``).
     train_steps  timed training steps per configuration (default 3, after 1 warm-up).
     train_rounds round-robin repetitions of the whole section (default 1; medians reported).
     train_only   comma-separated configuration names to keep (old_default and new_default always).
+
+``recommended``: the backend ``backend=auto`` picks on this machine (``dsod.backends``) and why.
+Post-processing is timed on the outputs of the model given: a checkpoint's (trained: few candidates
+above the thresholds) or a preset's random weights (the worst case), at score 0.01 (``dsod val``)
+and 0.25 (``dsod predict``).
 
 Reported per model and backend: ``params``, ``macs``, ``latency_ms_b1``, ``latency_ms_b{batch}``,
 ``throughput_img_s``, ``postprocess_ms_b1``, ``gflops_achieved``, ``floor_ratio`` (latency over the FLOP
@@ -54,7 +61,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -64,85 +70,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .hardware import cpu_summary, int8_bf16_isa
-from .engine.memory import active_allocator
-from .load import ModelSpecError, load_model
-from .peers import PEERS
-from .peers import Peer as _Peer
+from ..engine.memory import active_allocator
+from ..hardware import cpu_summary, int8_bf16_isa
+from ..load import ModelSpecError, load_model
+from ..peers import PEERS
+from ..peers import Peer as _Peer
+from .timing import conv_ceiling, count_macs_fn, interleaved, pick_threads
 
 DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8")
 ALL_BACKENDS = ("eager", "eager-cl", "fused", "fused-nchw", "onnxruntime", "onnxruntime-int8", "bf16")
+DEFAULTS: Dict[str, Any] = {
+    "model": "dsod300", "compare": ",".join(PEERS), "json": None, "batch": 8, "runs": 5,
+    "backends": ",".join(DEFAULT_BACKENDS), "imgsz": None, "data": None, "threads": "auto", "threads_sweep": True,
+    "train": "all", "train_steps": 3, "train_model": None, "train_batch": None, "train_rounds": 1, "train_only": None,
+}
 
 
 class BenchError(Exception):
     """A user-facing benchmark failure (one line)."""
-
-
-# ------------------------------------------------------------------------------------ timing
-def _time_once(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def interleaved(runners: Dict[str, Callable[[], Any]], runs: int, warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per runner, timing them round-robin (runs rounds, after warm-up)."""
-    times: Dict[str, List[float]] = {k: [] for k in runners}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in runners.values():
-                fn()
-        for _ in range(runs):
-            for k, fn in runners.items():
-                times[k].append(_time_once(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def conv_ceiling(runs: int = 5) -> Dict[str, Any]:
-    """Best GFLOP/s of large 3x3 convolutions (NCHW and channels-last): the ceiling the FLOP floor uses."""
-    shapes = [(64, 64, 150), (128, 128, 75), (256, 256, 38)]
-    runners, flops = {}, {}
-    for cin, cout, hw in shapes:
-        for cl in (False, True):
-            conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False).eval()
-            x = torch.randn(1, cin, hw, hw)
-            if cl:
-                conv = conv.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            key = f"3x3 {cin}->{cout} @{hw}{' CL' if cl else ''}"
-            runners[key] = (lambda c, t: (lambda: c(t)))(conv, x)
-            flops[key] = 2 * cin * cout * 9 * hw * hw
-    med = interleaved(runners, runs)
-    per = {k: flops[k] / med[k] / 1e9 for k in med}
-    best = max(per, key=per.get)
-    return {"gflops": per[best], "best": best, "per_shape_gflops": {k: round(v, 1) for k, v in per.items()}}
-
-
-def pick_threads(model: nn.Module, imgsz: int, runs: int) -> Tuple[int, Dict[str, float]]:
-    """The intra-op thread count (1..cores) under which our eager model's batch-1 forward is fastest right
-    now; every model and backend of the run then uses it (on a machine shared with other jobs, OpenMP
-    with as many threads as cores can be many times slower than one thread)."""
-    cores = os.cpu_count() or 1
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    times: Dict[str, List[float]] = {str(t): [] for t in range(1, cores + 1)}
-    with torch.inference_mode():
-        for r in range(max(3, runs // 2 + 1) + 1):
-            for t in range(1, cores + 1):
-                torch.set_num_threads(t)
-                dt = _time_once(lambda: model(x))
-                if r:  # first round is warm-up
-                    times[str(t)].append(dt)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return int(min(med, key=med.get)), med
-
-
-def count_macs_fn(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        fn(x)
-    return counter.get_total_flops() // 2
 
 
 def Peer(name: str):
@@ -163,7 +108,7 @@ def load_ours(spec: str, imgsz: Optional[int] = None):
 def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarray, imgsz: int
                     ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any]]:
     """(forward(x) callable, notes) for one backend of our model."""
-    from .model.fast import fuse_for_inference
+    from ..model.fast import fuse_for_inference
 
     if name == "eager":
         return model, {}
@@ -180,8 +125,8 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
                 return model(x)
         return run, {"dtype": "bfloat16 autocast"}
     if name in ("onnxruntime", "onnxruntime-int8"):
-        from .export import export_onnx, quantize_int8
-        from .onnx_backend import OnnxDetector
+        from ..export import export_onnx, quantize_int8, weight_bits
+        from ..onnx_backend import OnnxDetector
 
         fp32 = workdir / "model.onnx"
         if not fp32.exists():
@@ -190,8 +135,8 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
         if name == "onnxruntime-int8":
             path = workdir / "model-int8.onnx"
             t0 = time.perf_counter()
-            quantize_int8(fp32, path, calib)
-            notes = {"graph": "int8 QDQ (static, minmax, 7-bit weights)", "calibration_images": len(calib),
+            quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
+            notes = {"graph": f"int8 QDQ (static, minmax, {weight_bits()}-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
         det = OnnxDetector(path, threads=torch.get_num_threads())
         return (lambda x: det.predict(x.numpy())), notes
@@ -213,19 +158,39 @@ def _split(v: Any) -> List[str]:
     return [s.strip() for s in str(v).split(",") if s.strip() and s.strip().lower() != "none"]
 
 
-def _bool(v: Any) -> bool:
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on", "y")
+def recommended(spec: str) -> Dict[str, str]:
+    """What ``backend=auto`` runs ``spec`` on here: for a checkpoint, ``dsod.backends.choose_backend``
+    (which may export it, once); for a preset, its rules without a measured int8 accuracy."""
+    from ..backends import choose_backend, onnxruntime_available
+    from ..export import has_int8_dot
+
+    if str(spec).endswith(".pt") and Path(spec).is_file():
+        c = choose_backend(spec, "auto", "cpu", log=lambda m: print(m))
+        return {"backend": c.name, "reason": c.reason}
+    if not onnxruntime_available():
+        return {"backend": "fused", "reason": "onnxruntime is not installed"}
+    if has_int8_dot():
+        return {"backend": "onnxruntime-int8", "reason": "int8 dot products on this CPU; for a checkpoint only if "
+                "its measured mAP change is within 0.5 points (else onnxruntime)"}
+    return {"backend": "onnxruntime", "reason": "no int8 dot products (VNNI/AMX) on this CPU"}
 
 
 def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
-    from .export import load_batch
-    from .postprocess import PostProcessor
+    """The whole benchmark (see the module docstring); restores the caller's thread count."""
+    prev = torch.get_num_threads()
+    try:
+        return _run_bench({**DEFAULTS, **opts})
+    finally:
+        torch.set_num_threads(prev)
 
-    allowed = {"model", "compare", "json", "batch", "runs", "backends", "imgsz", "data", "threads",
-               "threads_sweep", "train", "train_steps", "train_model", "train_batch", "train_rounds", "train_only"}
-    bad = sorted(set(opts) - allowed)
+
+def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
+    from ..export import load_batch
+    from ..postprocess import PostProcessor
+
+    bad = sorted(set(opts) - set(DEFAULTS))
     if bad:
-        raise BenchError(f"unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(allowed))}")
+        raise BenchError(f"unknown key(s) {', '.join(bad)}; valid: {', '.join(DEFAULTS)}")
     name = str(opts.get("model", "dsod300"))
     peers = _split(opts.get("compare", ",".join(PEERS)))
     backends = _split(opts.get("backends", ",".join(DEFAULT_BACKENDS)))
@@ -267,7 +232,8 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     macs = count_macs_fn(model, torch.zeros(1, 3, imgsz, imgsz))
 
-    workdir = Path(tempfile.mkdtemp(prefix="dsod-bench-"))
+    tmp = tempfile.TemporaryDirectory(prefix="dsod-bench-")  # exported files, removed at the end
+    workdir = Path(tmp.name)
     entries: Dict[Tuple[str, str], Dict[str, Any]] = {}
     fns: Dict[Tuple[str, str], Callable[[torch.Tensor], Any]] = {}
     inputs: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -301,11 +267,16 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
         e["floor_ms"] = 2 * e["macs"] / (ceiling["gflops"] * 1e9) * 1e3
         e["floor_ratio"] = e["latency_ms_b1"] / e["floor_ms"]
 
-    # Post-processing (batch 1; our PostProcessor, torchvision's postprocess_detections for peers).
-    post = PostProcessor(variances=cfg.anchors.variances)
+    # Post-processing (batch 1; our PostProcessor, torchvision's postprocess_detections for peers), on
+    # the decoded outputs every backend hands it, at dsod val's and dsod predict's score thresholds.
+    from ..postprocess import decode_outputs
+
+    post, post_predict = PostProcessor(), PostProcessor(score_thresh=0.25)
     with torch.inference_mode():
         out = model(x1)
-    post_runners = {label: lambda: post(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, [(480, 640)])}
+        decoded = decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, cfg.anchors.variances)
+    post_runners = {label: lambda: post.select(*decoded, [(480, 640)]),
+                    f"{label}@0.25": lambda: post_predict.select(*decoded, [(480, 640)])}
     for p, peer in peer_objs.items():
         with torch.inference_mode():
             head, feats = peer.net(inputs[(p, "eager")][0])
@@ -313,9 +284,13 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     pp = interleaved(post_runners, runs)
     for k, e in entries.items():
         e["postprocess_ms_b1"] = pp[k[0]] * 1e3
+        if k[0] == label:
+            e["postprocess_ms_b1_conf025"] = pp[f"{label}@0.25"] * 1e3
+    report["settings"]["postprocess_weights"] = "trained (checkpoint)" if str(name).endswith(".pt") else \
+        "random (preset): the worst case"
 
     # Thread sweep on the fused backend.
-    if _bool(opts.get("threads_sweep", True)) and "fused" in backends and (os.cpu_count() or 1) > 1:
+    if bool(opts["threads_sweep"]) and "fused" in backends and (os.cpu_count() or 1) > 1:
         sweep = {}
         for t in range(1, (os.cpu_count() or 1) + 1):
             torch.set_num_threads(t)
@@ -331,11 +306,11 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
 
     # Training: fresh processes per configuration (allocator, threads and peak RSS are per process).
     if train in ("all", "ours"):
-        from .bench_train import print_training, training_section
+        from .train import print_training, training_section
 
         tname = str(opts.get("train_model") or name)
         report["training"] = training_section(
-            tname, int(opts.get("train_batch", batch)), int(opts.get("train_steps", 3)),
+            tname, int(opts["train_batch"] or batch), int(opts.get("train_steps", 3)),
             peers if train == "all" else [], os.cpu_count() or 1,
             opts.get("imgsz") if tname == name else None, int(opts.get("train_rounds", 1)),
             _split(opts.get("train_only")) or None)
@@ -345,8 +320,20 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     for (m, be), e in entries.items():
         results.setdefault(m, {})[be] = e
     report["results"] = results
+    tmp.cleanup()
+    report["recommended"] = recommended(name)
+    rec = report["recommended"]["backend"]
+    key = {"onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime-int8", "fused": "fused",
+           "torch": "eager"}.get(rec)
+    if key in results.get(label, {}):
+        report["recommended"]["ratio_vs"] = results[label][key]["ratio_vs"]
+        pp_share = results[label][key]["postprocess_ms_b1"] / results[label][key]["latency_ms_b1"]
+        report["recommended"]["postprocess_share_b1"] = pp_share
     report["machine"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _print_table(report, label, peers, batch)
+    r = report["recommended"]
+    ratios = ", ".join(f"{v:.3f}x {p}" for p, v in r.get("ratio_vs", {}).items())
+    print(f"recommended: backend={r['backend']} ({r['reason']})" + (f"; batch-1 latency {ratios}" if ratios else ""))
     return report
 
 

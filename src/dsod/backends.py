@@ -1,0 +1,171 @@
+"""``backend=auto``: the fastest way to run a checkpoint on this machine that loses no accuracy.
+
+The rules (measured per CPU kind, docs/PERFORMANCE.md "Choosing a backend"):
+
+- a CUDA device: PyTorch on it (``torch``);
+- no ``onnxruntime`` installed: the fused PyTorch path (``fused``; BN folded, channels-last);
+- a CPU with int8 dot products (VNNI, AMX) and an int8 export whose measured VOC07 mAP@0.5 change on
+  the dataset's val split is within ``INT8_MAX_LOSS_POINTS``: ONNX Runtime int8
+  (``onnxruntime-int8``; on AVX2 CPUs int8 is no faster, as their u8 x s8 kernels saturate);
+- otherwise ONNX Runtime fp32 (``onnxruntime``).
+
+The ONNX files are cached beside the checkpoint (``best.pt`` -> ``best.onnx``, ``best-int8.onnx``, the
+names ``dsod export`` writes) and rebuilt when their recorded ``checkpoint_sha256`` no longer matches
+the checkpoint; where that folder is not writable, in ``~/.cache/dsod/onnx``. The int8 file is built
+(once, with its accuracy check) when the checkpoint's dataset is at hand. The choice is one line:
+``BackendChoice.describe()``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+BACKENDS = ("auto", "torch", "fused", "onnxruntime", "onnxruntime-int8")
+
+
+class BackendError(ValueError):
+    """A backend that cannot run here, or a model file it cannot take (one line)."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # torch | fused | onnxruntime | onnxruntime-int8
+    device: torch.device
+    reason: str
+    path: Optional[Path] = None  # the ONNX file for the onnxruntime backends
+
+    def describe(self) -> str:
+        where = f" {self.path}" if self.path else ""
+        return f"backend: {self.name}{where} ({self.reason}; override with backend={'|'.join(BACKENDS[1:])})"
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cache_paths(checkpoint: Path, digest: str):
+    """(fp32, int8) ONNX paths for a checkpoint: beside it, or in the user cache when not writable."""
+    folder = checkpoint.parent
+    if not os.access(folder, os.W_OK):
+        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dsod" / "onnx"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{checkpoint.stem}-{digest[:12]}"
+    else:
+        stem = checkpoint.stem
+    return folder / f"{stem}.onnx", folder / f"{stem}-int8.onnx"
+
+
+def onnx_metadata(path: Path) -> dict:
+    """The metadata of an ONNX file ({} when it is missing or unreadable)."""
+    if not path.is_file():
+        return {}
+    try:
+        from .onnx_backend import read_metadata
+
+        return read_metadata(path)
+    except Exception:  # a damaged or foreign file: rebuilt like a stale one
+        return {}
+
+
+def ensure_fp32(checkpoint: Path, digest: str, log=print) -> Path:
+    """The checkpoint's fp32 ONNX file, exported and verified if missing or stale."""
+    fp32, _ = cache_paths(checkpoint, digest)
+    if onnx_metadata(fp32).get("checkpoint_sha256") == digest:
+        return fp32
+    from .export import DEFAULTS, export_main
+
+    log(f"exporting {fp32} for backend=onnxruntime (once per checkpoint; {checkpoint.name} "
+        f"{'changed' if fp32.exists() else 'has no export yet'})")
+    export_main({**DEFAULTS, "model": str(checkpoint), "out": str(fp32), "verify_n": 4})
+    return fp32
+
+
+def ensure_int8(checkpoint: Path, digest: str, data: Optional[str] = None, log=print) -> Optional[Path]:
+    """The checkpoint's int8 file with its measured accuracy, built if missing or stale and a dataset is
+    at hand (``data``, or the one the checkpoint was trained on); None when it cannot be measured."""
+    fp32, int8 = cache_paths(checkpoint, digest)
+    meta = onnx_metadata(int8)
+    if meta.get("checkpoint_sha256") == digest and "map_change" in meta:
+        return int8
+    from .engine.checkpoint import load_checkpoint
+    from .export import DEFAULTS
+    from .export.main import export_int8, resolve_dataset
+
+    spec = resolve_dataset(data, load_checkpoint(checkpoint))
+    if spec is None or "val" not in spec.splits or "train" not in spec.splits:
+        return None
+    fp32 = ensure_fp32(checkpoint, digest, log)
+    log(f"building {int8} and measuring its mAP on {spec.root} val (once per checkpoint)")
+    export_int8(fp32, {**DEFAULTS, "model": str(checkpoint)}, spec, int(onnx_metadata(fp32)["image_size"]))
+    return int8
+
+
+def choose_backend(model: Union[str, Path], requested: str = "auto", device: str = "auto",
+                   data: Optional[str] = None, log=print) -> BackendChoice:
+    """Which backend runs ``model`` (a checkpoint .pt, or an exported .onnx) and why."""
+    from .engine.run import select_device
+    from .export import INT8_MAX_LOSS_POINTS, checkpoint_sha256, has_int8_dot
+
+    if requested not in BACKENDS:
+        raise BackendError(f"backend={requested}: valid: {', '.join(BACKENDS)}")
+    path = Path(str(model)).expanduser()
+    if not path.is_file():
+        raise BackendError(f"model={model}: file not found")
+    dev = select_device(device)
+    if path.suffix == ".onnx":
+        if requested not in ("auto", "onnxruntime", "onnxruntime-int8"):
+            raise BackendError(f"model={path.name} is an ONNX file: backend={requested} needs a checkpoint .pt")
+        if not onnxruntime_available():
+            raise BackendError("an .onnx model needs onnxruntime (pip install onnxruntime)")
+        int8 = "quantization" in onnx_metadata(path)
+        return BackendChoice("onnxruntime-int8" if int8 else "onnxruntime", torch.device("cpu"),
+                             "the ONNX file given", path)
+    if requested in ("torch", "fused"):
+        if requested == "fused" and dev.type != "cpu":
+            raise BackendError("backend=fused is the CPU fast path; use backend=torch on a GPU")
+        return BackendChoice(requested, dev, "as asked")
+    if dev.type == "cuda":
+        if requested != "auto":
+            raise BackendError(f"backend={requested} runs on the CPU; device={device} is a GPU")
+        return BackendChoice("torch", dev, f"CUDA {torch.cuda.get_device_name(dev)}")
+    if not onnxruntime_available():
+        if requested != "auto":
+            raise BackendError(f"backend={requested} needs onnxruntime (pip install onnxruntime)")
+        return BackendChoice("fused", dev, "onnxruntime is not installed (pip install onnxruntime: about 2x faster)")
+    digest = checkpoint_sha256(path)
+    if requested == "onnxruntime":
+        return BackendChoice("onnxruntime", dev, "as asked", ensure_fp32(path, digest, log))
+    if requested == "onnxruntime-int8" or has_int8_dot():
+        int8 = ensure_int8(path, digest, data, log)
+        meta = onnx_metadata(int8) if int8 else {}
+        if requested == "onnxruntime-int8":
+            if int8 is None:
+                raise BackendError(f"backend=onnxruntime-int8: no dataset to calibrate and check it on (give data=, "
+                                   f"or `dsod export model={path} int8=true data=DATASET`)")
+            return BackendChoice("onnxruntime-int8", dev, "as asked", int8)
+        if int8 is not None and meta["map_change"] >= -INT8_MAX_LOSS_POINTS:
+            return BackendChoice("onnxruntime-int8", dev, f"int8 dot products on this CPU; int8 measured "
+                                 f"{meta['map_change']:+.2f} mAP points ({meta.get('weight_bits', '?')}-bit weights)",
+                                 int8)
+        why = ("int8 lost " f"{-meta['map_change']:.2f} mAP points (more than {INT8_MAX_LOSS_POINTS})" if int8
+               else "int8 not measured: no dataset at hand (data=DATASET measures it once)")
+        return BackendChoice("onnxruntime", dev, f"ONNX Runtime fp32; {why}", ensure_fp32(path, digest, log))
+    return BackendChoice("onnxruntime", dev, "ONNX Runtime fp32; no int8 dot products (VNNI/AMX) on this CPU, where "
+                         "int8 would be no faster", ensure_fp32(path, digest, log))
+
+
+def open_runner(choice: BackendChoice, model=None, threads: Optional[int] = None):
+    """The runner (``dsod.runners``) for a choice; ``model``: the loaded checkpoint model (torch/fused)."""
+    from .runners import OrtRunner, TorchRunner
+
+    if choice.name in ("torch", "fused"):
+        return TorchRunner(model, choice.device, fused=choice.name == "fused")
+    return OrtRunner(choice.path, threads=threads)

@@ -1,0 +1,71 @@
+"""What runs a trained network on a preprocessed batch, one small class per backend.
+
+A runner maps the network input (N, 3, S, S) float32 (``dsod.data.preprocess``) to the decoded outputs
+(boxes (N, A, 4) xyxy normalised to the input, scores (N, A, C-1) without background) that
+``PostProcessor.select`` turns into detections. ``dsod predict``, ``dsod val`` and the int8 accuracy
+check of ``dsod export`` all go through a runner, so each measures or serves the same thing.
+
+    TorchRunner(model)                  eager PyTorch, on any device
+    TorchRunner(model, fused=True)      ``dsod.model.fast.fuse_for_inference`` (BN folded, CPU fast path)
+    OrtRunner("best.onnx")              ONNX Runtime (fp32 or int8 files written by ``dsod export``)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .postprocess import PostProcessor, decode_outputs
+
+Decoded = Tuple[torch.Tensor, torch.Tensor]
+
+
+class TorchRunner:
+    """A DSOD model in PyTorch (``fused``: the inference-only fused copy, CPU)."""
+
+    def __init__(self, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", fused: bool = False):
+        self.device = torch.device(device)
+        self.name = "fused" if fused else "torch"
+        model = model.eval()
+        self.variances = tuple(model.config.anchors.variances)
+        self.anchors = model.anchors_cxcywh.detach().to(self.device)
+        if fused:
+            from .model.fast import fuse_for_inference
+
+            model = fuse_for_inference(model)
+        self.net = model.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> Decoded:
+        out = self.net(x.to(self.device, non_blocking=True))
+        boxes, scores = decode_outputs(out.bbox_regression, out.cls_logits, self.anchors, self.variances)
+        return boxes.cpu(), scores.cpu()
+
+
+class OrtRunner:
+    """An exported model in ONNX Runtime; ``metadata`` is the file's (names, image_size, int8 figures)."""
+
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
+        from .onnx_backend import OnnxDetector
+
+        self.session = OnnxDetector(path, threads=threads)
+        self.metadata: Dict[str, Any] = self.session.metadata
+        self.name = "onnxruntime-int8" if "quantization" in self.metadata else "onnxruntime"
+
+    def __call__(self, x: torch.Tensor) -> Decoded:
+        boxes, scores = self.session.predict(np.ascontiguousarray(x.numpy(), dtype=np.float32))
+        return torch.from_numpy(boxes), torch.from_numpy(scores)
+
+
+def evaluate(runner, loader, evaluator, postprocessor: PostProcessor, progress: bool = True,
+             desc: str = "val") -> Dict[str, Any]:
+    """``evaluator.compute()`` for ``runner`` over an evaluation loader (``DetectionDataset`` with
+    ``eval_transform``): detections in original image pixels, as ``dsod predict`` reports them."""
+    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        boxes, scores = runner(images)
+        sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
+        evaluator.update([t["image_id"] for t in targets], postprocessor.select(boxes, scores, sizes))
+    return evaluator.compute()

@@ -1,0 +1,161 @@
+"""backend=auto and the one preprocessing: `dsod val` and `dsod predict` see the same pixels and give the
+same detections on every backend; exports are cached beside the checkpoint and rebuilt when it changes;
+the int8 decision follows the accuracy recorded in the file."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dsod import build_model
+from dsod.cli import main
+from dsod.engine.checkpoint import model_payload, save_checkpoint
+
+NAMES = ["Platelets", "RBC", "WBC"]  # as the VOC reader sorts them
+IMAGES = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00003"]
+
+
+def _confident_model():
+    """A dsod-nano whose scores and boxes vary with the image (as a trained one's do), built in a second."""
+    torch.manual_seed(0)
+    model = build_model("dsod-nano", num_classes=len(NAMES) + 1)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+    for head in (model.head.conf, model.head.loc):
+        for seq in head:
+            seq[0].weight.data.mul_(20)
+    for conf in model.head.conf:
+        bn = conf[-1]
+        bias = torch.zeros(bn.num_features // model.config.num_classes, model.config.num_classes)
+        bias[:, 0], bias[:, 2] = 1.0, 2.0
+        bn.bias.data.copy_(bias.flatten())
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_voc(shared_data, tmp_path_factory):
+    """Three BCCD images as a VOC dataset (links to the shared files) and a checkpoint for its classes."""
+    root = tmp_path_factory.mktemp("voc")
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for name in IMAGES:
+        os.symlink(shared_data / "bccd" / "Annotations" / f"{name}.xml", root / "Annotations" / f"{name}.xml")
+        os.symlink(shared_data / "bccd" / "JPEGImages" / f"{name}.jpg", root / "JPEGImages" / f"{name}.jpg")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(IMAGES) + "\n")
+    model = _confident_model()
+    ckpt = root / "weights" / "best.pt"
+    ckpt.parent.mkdir()
+    save_checkpoint(ckpt, model_payload(model, model.config, NAMES, None))
+    return root, ckpt
+
+
+def _by_image(path):
+    out = {}
+    for d in json.loads(path.read_text()):
+        out.setdefault(d["image_id"], []).append(d)
+    return {k: sorted(v, key=lambda d: -d["score"]) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_val_and_predict_give_the_same_detections(small_voc, tmp_path, backend):
+    root, ckpt = small_voc
+    common = [f"model={ckpt}", f"backend={backend}", "conf=0.3", "batch=1", f"project={tmp_path}", "device=cpu"]
+    assert main(["val", f"data={root}", "save_json=true", "plots=false", "workers=0", "name=val", *common]) == 0
+    assert main(["predict", f"source={root / 'JPEGImages'}", "save=false", "name=pred", *common]) == 0
+    val, pred = _by_image(tmp_path / "val" / "predictions.json"), _by_image(tmp_path / "pred" / "predictions.json")
+    assert set(val) == set(pred) == set(IMAGES)
+    for image in IMAGES:
+        v, p = val[image], pred[image]
+        assert len(v) == len(p) > 0, image
+        assert [d["category_id"] for d in v] == [d["category_id"] for d in p]
+        np.testing.assert_allclose([d["score"] for d in v], [d["score"] for d in p], atol=1e-5)
+        np.testing.assert_allclose([d["bbox"] for d in v], [d["bbox"] for d in p], atol=1e-2)  # pixels
+
+
+def test_preprocess_is_the_val_transform(shared_data):
+    from torchvision import tv_tensors
+
+    from dsod.data import eval_transform, load_image
+    from dsod.data.preprocess import preprocess
+    from dsod.onnx_backend import preprocess_rgb
+
+    rgb = load_image(shared_data / "bccd" / "JPEGImages" / "BloodImage_00000.jpg")
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=rgb.shape[:2]),
+              "labels": torch.zeros(0, dtype=torch.int64)}
+    x, _ = eval_transform(300)(tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)), target)
+    assert torch.equal(preprocess(rgb, 300), x)
+    assert np.array_equal(preprocess_rgb(rgb, 300), x.numpy())
+
+
+def test_auto_caches_the_export_and_rebuilds_it_when_the_checkpoint_changes(small_voc, tmp_path, capsys):
+    from dsod.backends import choose_backend
+    from dsod.onnx_backend import read_metadata
+
+    _, src = small_voc
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(src.read_bytes())
+    choice = choose_backend(ckpt, "onnxruntime", "cpu")
+    assert choice.path == tmp_path / "best.onnx" and choice.path.exists()
+    assert "exporting" in capsys.readouterr().out
+    stamp = choice.path.stat().st_mtime_ns
+    assert choose_backend(ckpt, "onnxruntime", "cpu").path.stat().st_mtime_ns == stamp  # cached
+    assert "exporting" not in capsys.readouterr().out
+    model = _confident_model()
+    model.head.loc[0][0].weight.data.mul_(1.01)
+    save_checkpoint(ckpt, model_payload(model, model.config, NAMES, None))
+    again = choose_backend(ckpt, "onnxruntime", "cpu")
+    assert "changed" in capsys.readouterr().out
+    from dsod.export import checkpoint_sha256
+
+    assert read_metadata(again.path)["checkpoint_sha256"] == checkpoint_sha256(ckpt)
+
+
+def test_auto_serves_int8_only_within_the_measured_accuracy_loss(small_voc, tmp_path, capsys):
+    """On a CPU with int8 dot products auto builds the int8 file once (calibrated on the train split,
+    its mAP change measured on val) and serves it only if it lost <= 0.5 points; elsewhere fp32."""
+    from dsod.backends import choose_backend
+    from dsod.export import has_int8_dot
+    from dsod.export.build import _add_metadata
+    from dsod.onnx_backend import read_metadata
+
+    root, src = small_voc
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(src.read_bytes())
+    choice = choose_backend(ckpt, "auto", "cpu", data=str(root))
+    if not has_int8_dot():
+        assert choice.name == "onnxruntime" and "no int8 dot products" in choice.reason
+        return
+    int8 = tmp_path / "best-int8.onnx"
+    meta = read_metadata(int8)
+    assert {"map_fp32", "map_int8", "map_change", "weight_bits"} <= set(meta) and meta["weight_bits"] == 8
+    expected = "onnxruntime-int8" if meta["map_change"] >= -0.5 else "onnxruntime"
+    assert choice.name == expected
+    if expected == "onnxruntime-int8":
+        assert f"{meta['map_change']:+.2f} mAP points" in choice.describe()
+    _add_metadata(int8, {"map_change": -2.0})  # a recorded loss beyond 0.5 points (the last entry wins)
+    worse = choose_backend(ckpt, "auto", "cpu", data=str(root))
+    assert worse.name == "onnxruntime" and "lost 2.00 mAP points" in worse.reason
+
+
+def test_auto_without_onnxruntime_is_the_fused_path(small_voc, monkeypatch):
+    import sys
+
+    from dsod.backends import choose_backend
+
+    _, ckpt = small_voc
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    choice = choose_backend(ckpt, "auto", "cpu")
+    assert choice.name == "fused" and "not installed" in choice.reason
+
+
+def test_backend_errors_are_one_line(small_voc, tmp_path, capsys):
+    _, ckpt = small_voc
+    assert main(["predict", f"model={tmp_path / 'none.pt'}", f"source={tmp_path}"]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["predict", f"model={ckpt}", f"source={tmp_path}", "backend=tensorrt"]) == 2
+    assert "backend=tensorrt is not valid" in capsys.readouterr().err
