@@ -143,9 +143,8 @@ def test_bench_report_structure(tmp_path):
     from dsod.bench import bench_main
 
     out = tmp_path / "bench.json"
-    assert bench_main({"model": "dsod-nano", "compare": "ssdlite320", "backends": "eager,fused", "runs": "1",
-                       "threads": "1",
-                       "batch": "2", "train": "none", "threads_sweep": "false", "json": str(out)}) == 0
+    assert bench_main({"model": "dsod-nano", "compare": "ssdlite320", "backends": "eager,fused", "runs": 1,
+                       "threads": "1", "batch": 2, "train": "none", "threads_sweep": False, "json": str(out)}) == 0
     report = json.loads(out.read_text())
     ours = report["results"]["dsod-nano"]
     for be in ("eager", "fused"):

@@ -139,17 +139,26 @@ def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_p
     # Norm-relative tolerance: SyncBN sums E[x], E[x^2] across processes, native BN reduces in
     # another order, and that order differs between CPUs (an Intel AVX-512 machine moved single
     # elements near 0 of neck running means by 1.3e-4 after 3 steps, failing rtol=1e-3/atol=1e-5).
-    # Measured on an AMD EPYC (AVX2): at most 5e-5 for any tensor; per-process BN (below): median 2e-2.
+    # Measured on an AMD EPYC Zen 1 (AVX2): at most 5e-5 for any tensor; per-process BN (below): median
+    # 2e-2. On an AMD EPYC Zen 4 (AVX-512) oneDNN's kernels for batch 4 and batch 2 differ more: median
+    # 3.7e-6, but up to 2.8e-2 on a few BN biases near 0 after 3 steps -- still at most 0.054x what
+    # per-process BN does to the same tensor. So each tensor is held to 1e-3 or a quarter of the
+    # per-process-BN difference, whichever is larger, and the median to 1e-4.
     tol = 1e-3
     floats = [k for k in a if a[k].is_floating_point()]
     errors = {k: rel_error(a[k], b["model"][k]) for k in floats}
-    assert [k for k in floats if errors[k] > tol] == [], sorted(errors.items(), key=lambda kv: -kv[1])[:5]
-    # The tolerance still catches a real bug: per-process BN statistics (what DDP without SyncBN
-    # computes, batch 2 per process) move most tensors far outside it.
+    # The reference a real bug would look like: per-process BN statistics (what DDP without SyncBN
+    # computes, batch 2 per process) move most tensors far outside the tolerance.
     local = ddp("ddp_bn", "bn")
     assert local.returncode == 0, local.stderr[-3000:]
     c = load_checkpoint(tmp_path / "ddp_bn" / "weights" / "last.pt")["model"]
-    differ = [k for k in floats if rel_error(a[k], c[k]) > tol]
+    local_err = {k: rel_error(a[k], c[k]) for k in floats}
+    import statistics
+
+    assert statistics.median(errors.values()) < 1e-4, statistics.median(errors.values())
+    bad = [k for k in floats if errors[k] > max(tol, 0.25 * local_err[k])]
+    assert bad == [], [(k, errors[k], local_err[k]) for k in bad[:5]]
+    differ = [k for k in floats if local_err[k] > tol]
     assert len(differ) > len(floats) // 3, (len(differ), len(floats))
     # and the weights did move: the comparison is not between two untouched initialisations
     from dsod.model import build_model
@@ -184,7 +193,10 @@ def test_precise_bn_rescues_stale_statistics_and_leaves_training_alone(bccd_same
     # Caffe's decay and no EMA: the stale-statistics case this fix is for (the short recipe's 0.99
     # decay and EMA make it milder)
     kw = dict(iterations=30, batch=4, max_images=16, optimizer="adamw", lr=5e-3, augment="none", val=True,
-              val_interval=30, precise_bn=64, bn_decay=0.999, ema=False)
+              val_interval=30, precise_bn=64, bn_decay=0.999, ema=False,
+              # fp32 NCHW whatever the CPU: the run's own evaluation is compared with score() below,
+              # which runs in fp32 (bf16 is the default where it is native, e.g. an AMD EPYC Zen 4)
+              bf16=False, channels_last=False)
     run = Trainer(_args(bccd_same_split, tmp_path, "pbn", **kw)).train()
     off = Trainer(_args(bccd_same_split, tmp_path, "off", **{**kw, "precise_bn": "false"})).train()
     ckpt = load_checkpoint(Path(run["run_dir"]) / "weights" / "last.pt")
