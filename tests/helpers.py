@@ -110,3 +110,26 @@ def sigint_default() -> None:
     KeyboardInterrupt handler. Tests that send SIGINT restore the default first."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def confident_dsod_nano(num_classes: int):
+    """A dsod-nano whose scores and boxes vary with the image, as a trained one's do (built in a second):
+    random BN statistics, head weights x20, and the second class favoured over background."""
+    from dsod import build_model
+
+    torch.manual_seed(0)
+    model = build_model("dsod-nano", num_classes=num_classes + 1)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+    for head in (model.head.conf, model.head.loc):
+        for seq in head:
+            seq[0].weight.data.mul_(20)
+    for conf in model.head.conf:
+        bn = conf[-1]
+        bias = torch.zeros(bn.num_features // model.config.num_classes, model.config.num_classes)
+        bias[:, 0], bias[:, 2] = 1.0, 2.0
+        bn.bias.data.copy_(bias.flatten())
+    return model.eval()

@@ -8,32 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from dsod import build_model
 from dsod.cli import main
 from dsod.engine.checkpoint import model_payload, save_checkpoint
+from helpers import confident_dsod_nano
 
 NAMES = ["Platelets", "RBC", "WBC"]  # as the VOC reader sorts them
 IMAGES = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00003"]
 
 
 def _confident_model():
-    """A dsod-nano whose scores and boxes vary with the image (as a trained one's do), built in a second."""
-    torch.manual_seed(0)
-    model = build_model("dsod-nano", num_classes=len(NAMES) + 1)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5, generator=g)
-            m.running_var.uniform_(0.5, 1.5, generator=g)
-    for head in (model.head.conf, model.head.loc):
-        for seq in head:
-            seq[0].weight.data.mul_(20)
-    for conf in model.head.conf:
-        bn = conf[-1]
-        bias = torch.zeros(bn.num_features // model.config.num_classes, model.config.num_classes)
-        bias[:, 0], bias[:, 2] = 1.0, 2.0
-        bn.bias.data.copy_(bias.flatten())
-    return model.eval()
+    return confident_dsod_nano(len(NAMES))
 
 
 @pytest.fixture(scope="module")
