@@ -104,7 +104,7 @@ def test_groupnorm_option():
 
 
 def test_caffe_batchnorm_running_average_is_bias_corrected():
-    from dsod.model.layers import CaffeBatchNorm2d
+    from dsod.model.norms import CaffeBatchNorm2d
 
     bn = CaffeBatchNorm2d(3, decay=0.999)
     x = torch.randn(8, 3, 4, 4) * 5 + 7

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..model.layers import L2Norm
+from ..model.norms import L2Norm
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm: bool) -> list[dict]:

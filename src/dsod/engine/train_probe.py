@@ -118,7 +118,7 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
         peer = Peer(name)
         model, size = peer.model, peer.size
     if cfg.syncbn and ddp:
-        from ..model.layers import convert_sync_batchnorm
+        from ..model.norms import convert_sync_batchnorm
         model = convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -10,7 +10,8 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import ConvNormReLU, DenseBlock, NormReLUConv, concat_then, max_pool_ceil, recompute_cheap, wants_recompute
+from .checkpointing import concat_then, recompute_cheap, wants_recompute
+from .layers import ConvNormReLU, DenseBlock, NormReLUConv, max_pool_ceil
 
 
 class Stem(nn.Module):

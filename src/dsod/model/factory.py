@@ -12,7 +12,7 @@ from .backbone import DSODBackbone
 from .detector import DSOD
 from .vgg import VGGBackbone
 from .head import DetectionHead
-from .layers import L2Norm
+from .norms import L2Norm
 from .neck import DensePrediction, PlainPrediction
 
 

@@ -8,7 +8,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .layers import L2Norm, make_norm, recompute_cheap, wants_recompute
+from .checkpointing import recompute_cheap, wants_recompute
+from .norms import L2Norm, make_norm
 
 
 def _head_conv(cin: int, cout: int, depthwise: bool, norm: str, eps: float, decay: float) -> nn.Sequential:

@@ -15,7 +15,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .layers import ConvNormReLU, make_norm, max_pool_ceil
+from .layers import ConvNormReLU, max_pool_ceil
+from .norms import make_norm
 
 # (channels, convs) per stage at width 1: conv1..conv5 of VGG-16
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
