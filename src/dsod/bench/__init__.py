@@ -18,8 +18,8 @@ Keys (declared in ``dsod.cli.options``; ``bench_main`` takes parsed values, miss
     backends   comma-separated backends for our model (default eager,fused,onnxruntime,onnxruntime-int8):
                eager            the model as trained (NCHW, fp32);
                eager-cl         eager in channels-last;
-               fused            ``dsod.model.fast.fuse_for_inference`` (BN folded, pre-allocated dense
-                                blocks, channels-last, conv+ReLU in one oneDNN call);
+               fused            ``dsod.model.fast.fuse_for_inference`` (BN folded, channels-last,
+                                conv+ReLU in one oneDNN call);
                fused-nchw       the same in NCHW (to show what channels-last brings);
                onnxruntime      ``dsod export`` graph (fp32) in ONNX Runtime;
                onnxruntime-int8 its static int8 quantisation, calibrated on ``data`` images;

@@ -1,5 +1,12 @@
-"""Inference fast path: ``fuse_for_inference(model)`` returns an eval-only module that computes the same
-``HeadOutputs`` as the DSOD it was made from (up to float rounding), faster on the CPU.
+"""Inference fast path: ``fuse_for_inference(model)`` returns an eval-only copy of a DSOD that computes the
+same ``HeadOutputs`` (up to float rounding), faster on the CPU.
+
+It works the way ``torch.ao.quantization.fuse_modules`` does: the model is deep-copied and only LEAF
+modules are swapped (a fused module in the first slot of a pattern, ``nn.Identity`` in the others).
+Every forward (backbone, dense blocks, LHRH, neck, head) stays the model's own, so a topology change is
+made once, in the model. Patterns are matched inside ``nn.Sequential`` chains (``NormReLUConv`` and
+``ConvNormReLU`` are Sequentials, and nested Sequentials are flattened), because there, and only
+there, a module's output provably feeds exactly the next module.
 
 What is folded, and why it is exact (eval mode, BN with running statistics):
 
@@ -8,35 +15,40 @@ What is folded, and why it is exact (eval mode, BN with running statistics):
   with s = gamma / sqrt(var + eps).
 - **The BN of the next layer's input** wherever a conv feeds exactly one pre-activation BN (inside a
   dense layer: Conv1x1(B) -> [BN -> ReLU] -> Conv3x3(k); LHRH's learned half: Conv1x1(n) -> [BN -> ReLU]
-  -> Conv3x3/2; the depthwise chains): the BN moves into the producing conv, the ReLU stays and runs
-  fused in the conv (oneDNN post-op) when available.
-- **Pre-activation BN whose input is shared** (each dense layer reads the whole concat, each with its
-  own BN; transitions; the reused halves): these cannot move into a conv because the ReLU sits between
-  BN and the conv that follows, and the convs that produced those channels feed several different BNs.
-  They become a precomputed per-channel affine fused with the ReLU (one ``addcmul`` + in-place ReLU,
-  no statistics arithmetic per call). Exported to ONNX, the same affine is a depthwise 1x1 Conv + ReLU
-  (see ``PreAct``).
+  -> Conv3x3/2; the depthwise chains): in a chain that is the same pattern Conv -> BN -> ReLU, so the
+  BN moves into the producing conv, the ReLU stays and runs fused in the conv (oneDNN post-op) when
+  available.
+- **Pre-activation BN whose input is shared** (the BN -> ReLU that starts a chain: each dense layer
+  reads the whole concat, each with its own BN; transitions; the reused halves): these cannot move
+  into a conv because the ReLU sits between BN and the conv that follows, and the convs that produced
+  those channels feed several different BNs. They become a precomputed per-channel affine fused with
+  the ReLU (``PreAct``: one ``addcmul`` + in-place ReLU, no statistics arithmetic per call). Exported
+  to ONNX, the same affine is a depthwise 1x1 Conv + ReLU (see ``PreAct``).
 - **L2Norm's per-channel scale** multiplies the head conv's input channels, so it folds into the
-  loc/conf weights; only the parameter-free normalisation stays. loc and conf convs read the same
-  input, so they run as one conv with concatenated output channels.
-- **Dense blocks write into one pre-allocated feature buffer** (block input, then each layer's k new
-  channels into its slice) instead of re-concatenating a growing tensor at every layer.
+  loc/conf weights; only the parameter-free normalisation (``L2Normalize``) stays.
 - Channels-last memory format (``channels_last=None`` picks it on CPU, where oneDNN convolutions run
   natively in NHWC and it measured faster in ``dsod bench``).
 
+Dropped with the second forward they needed: dense blocks writing into one pre-allocated buffer, loc
+and conf as one conv, the head writing into pre-allocated outputs. Measured (dsod300 300x300, batch 1,
+one thread, best of 7 and of 12 runs on a 2-core machine shared with another job): the old hand-written
+fused tree 445 / 529 ms, this copy 440 / 475 ms, this copy with a buffer-writing DenseBlock swapped in
+468 / 466 ms: no gain above the noise (< 5%), so not kept.
+
 GroupNorm layers (``norm=gn``) depend on the data, so they are kept as modules (no folding there).
+The fused copy never sets the intra-op thread count: that is the caller's (runners, ``dsod bench``).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import copy
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .detector import DSOD, HeadOutputs
-from .layers import ConvNormReLU, DenseBlock, NormReLUConv, max_pool_ceil
-from .neck import LHRH, DensePrediction, PlainPrediction
+from .norms import L2Norm
 
 
 def _has_mkldnn_pointwise() -> bool:
@@ -50,7 +62,7 @@ _MKLDNN_POINTWISE = _has_mkldnn_pointwise()
 
 
 def _exporting() -> bool:
-    """Tracing for ONNX / TorchScript: use only plain, exportable ops (no in-place buffer writes)."""
+    """Tracing for ONNX / TorchScript: use only plain, exportable ops."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
@@ -106,21 +118,6 @@ class PreAct(nn.Module):
         return torch.addcmul(self.shift, x, self.scale).relu_()
 
 
-class NormReLU(nn.Module):
-    """Fallback for norms that depend on the data (GroupNorm): norm then ReLU, unfolded."""
-
-    def __init__(self, norm: nn.Module):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.norm(x), inplace=True)
-
-
-def pre_activation(norm: nn.Module) -> nn.Module:
-    return PreAct(norm) if _is_bn(norm) else NormReLU(norm)
-
-
 class ConvAct(nn.Module):
     """Conv2d with folded weights/bias, optionally followed by ReLU. On CPU fp32 it runs as one oneDNN
     call with the ReLU as a post-op (``mkldnn._convolution_pointwise``, the op Inductor emits), else
@@ -139,6 +136,9 @@ class ConvAct(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, bn: Optional[nn.Module] = None, relu: bool = False) -> "ConvAct":
+        if conv.dilation != (1, 1) or conv.padding_mode != "zeros" or len(set(conv.stride)) != 1 \
+                or len(set(conv.padding)) != 1:
+            raise ValueError(f"fuse_for_inference: unsupported convolution {conv}")  # none in DSOD
         w, b = fold_bn_into_conv(conv, bn)
         return cls(w, b, conv.stride[0], conv.padding[0], conv.groups, relu)
 
@@ -153,246 +153,104 @@ class ConvAct(nn.Module):
         return y.relu_() if self.relu else y
 
 
-def fuse_chain(chain: Sequence[NormReLUConv]) -> nn.Sequential:
-    """[BN-ReLU-Conv]_0 ... [BN-ReLU-Conv]_m -> PreAct_0, Conv_0(+BN_1, ReLU), ..., Conv_m.
+class L2Normalize(nn.Module):
+    """L2Norm without its scale (folded into the head convs that read it): x / ||x||, eps as L2Norm."""
 
-    Each BN after the first reads only the previous conv's output, so it folds into that conv."""
-    mods: List[nn.Module] = [pre_activation(chain[0][0])]
-    for i, unit in enumerate(chain):
-        conv = unit[2]
-        nxt = chain[i + 1][0] if i + 1 < len(chain) else None
-        if nxt is not None and _is_bn(nxt):
-            mods.append(ConvAct.from_conv(conv, nxt, relu=True))
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True) + self.eps)
+
+
+# ------------------------------------------------------------------------------------- the swaps
+def _is_chain(m: nn.Module) -> bool:
+    """An ``nn.Sequential`` that runs its children in order (its subclasses here do not override
+    forward): the only place where "A's output feeds only B" is known without tracing."""
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def _leaves(chain: nn.Sequential) -> List[Tuple[nn.Module, str]]:
+    """(parent, child name) of the chain's non-Sequential children in execution order, nested chains
+    flattened (LHRH's learned half is Sequential(NormReLUConv, Sequential(NormReLUConv, ...)))."""
+    out: List[Tuple[nn.Module, str]] = []
+    for name, child in chain.named_children():
+        if _is_chain(child):
+            out.extend(_leaves(child))
         else:
-            mods.append(ConvAct.from_conv(conv))
-            if nxt is not None:
-                mods.append(NormReLU(nxt))
-    return nn.Sequential(*mods)
+            out.append((chain, name))
+    return out
 
 
-def _flatten_units(module: nn.Module) -> List[NormReLUConv]:
-    """The NormReLUConv units of a (nested) Sequential, in order."""
-    if isinstance(module, NormReLUConv):
-        return [module]
-    units: List[NormReLUConv] = []
+def _fuse_chain(chain: nn.Sequential) -> None:
+    """Swap the patterns of one chain in place: Conv [-> BN [-> ReLU]] -> ConvAct (BN folded, ReLU as
+    post-op), BN -> ReLU (a chain's input: produced elsewhere, possibly shared) -> PreAct."""
+    slots = _leaves(chain)
+    mods = [getattr(p, n) for p, n in slots]
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if type(m) is nn.Conv2d:
+            bn = nxt if nxt is not None and _is_bn(nxt) else None
+            j = i + 1 + (bn is not None)
+            relu = j < len(mods) and isinstance(mods[j], nn.ReLU)
+            span = j - i + relu
+            _swap(slots[i:i + span], ConvAct.from_conv(m, bn, relu))
+            i += span
+        elif _is_bn(m) and isinstance(nxt, nn.ReLU):
+            _swap(slots[i:i + 2], PreAct(m))
+            i += 2
+        else:  # GroupNorm and its ReLU, pooling...: kept as they are
+            i += 1
+
+
+def _swap(slots: List[Tuple[nn.Module, str]], fused: nn.Module) -> None:
+    """``fuse_modules``' convention: the fused module in the first slot, Identity in the others."""
+    (parent, name), rest = slots[0], slots[1:]
+    setattr(parent, name, fused)
+    for p, n in rest:
+        setattr(p, n, nn.Identity())
+
+
+def _fuse_chains(module: nn.Module) -> None:
     for child in module.children():
-        units.extend(_flatten_units(child))
-    return units
+        if _is_chain(child):
+            _fuse_chain(child)
+        else:
+            _fuse_chains(child)
 
 
-def _post_act(unit: ConvNormReLU) -> nn.Module:
-    conv, norm = unit[0], unit[1]
-    if _is_bn(norm):
-        return ConvAct.from_conv(conv, norm, relu=True)
-    return nn.Sequential(ConvAct.from_conv(conv), NormReLU(norm))
+def _fold_l2norm_scales(head: nn.Module) -> None:
+    """L2Norm(x) = normalize(x) * w per channel, and both head branches of that source start with a
+    conv: w goes into the conv's input channels (depthwise: its output channel c reads input c)."""
+    for i, l2 in enumerate(head.l2norms):
+        if not isinstance(l2, L2Norm):
+            continue
+        firsts = [branch[0] for branch in (head.loc[i], head.conf[i])]
+        if not all(type(c) is nn.Conv2d and (c.groups == 1 or c.groups == c.in_channels == c.out_channels)
+                   for c in firsts):
+            continue  # not a conv reading every channel once: keep the scale where it is
+        w = l2.weight.detach()
+        for conv in firsts:
+            view = (1, -1, 1, 1) if conv.groups == 1 else (-1, 1, 1, 1)
+            conv.weight.data = conv.weight.detach() * w.view(view).to(conv.weight.dtype)
+        head.l2norms[i] = L2Normalize(l2.eps)
 
 
-class FusedDenseBlock(nn.Module):
-    """Dense block writing every layer's new channels into one pre-allocated buffer."""
-
-    def __init__(self, block: DenseBlock):
-        super().__init__()
-        self.layers = nn.ModuleList(fuse_chain(_flatten_units(layer.layers)) for layer in block.layers)
-        self.growth = [layer.layers[-1][2].out_channels for layer in block.layers]
-        self.out_channels = block.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _exporting():
-            for layer in self.layers:
-                x = torch.cat([x, layer(x)], dim=1)
-            return x
-        n, c, h, w = x.shape
-        fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
-                                      and x.is_contiguous(memory_format=torch.channels_last)) \
-            else torch.contiguous_format
-        buf = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-        buf[:, :c].copy_(x)
-        for layer, k in zip(self.layers, self.growth):
-            buf[:, c:c + k].copy_(layer(buf[:, :c]))
-            c += k
-        return buf
-
-
-class FusedBackbone(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        stem = backbone.stem
-        self.use_stem = stem.use_stem
-        units = list(stem.convs) if stem.use_stem else [stem.convs]
-        self.stem = nn.Sequential(*[_post_act(u) for u in units])
-        self.blocks = nn.ModuleList(FusedDenseBlock(b) for b in backbone.blocks)
-        self.transitions = nn.ModuleList(fuse_chain([t.conv]) for t in backbone.transitions)
-        self.pool = [t.pool for t in backbone.transitions]
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.stem(x)
-        x = max_pool_ceil(x) if self.use_stem else F.max_pool2d(x, 3, 2, 1)
-        first = first_pooled = x
-        for i, (block, transition, pool) in enumerate(zip(self.blocks, self.transitions, self.pool)):
-            conv_out = transition(block(x))
-            x = max_pool_ceil(conv_out) if pool else conv_out
-            if i == 1:
-                first, first_pooled = conv_out, x
-        return first, first_pooled, x
-
-
-class FusedLHRH(nn.Module):
-    def __init__(self, block: LHRH):
-        super().__init__()
-        self.learned = fuse_chain(_flatten_units(block.learned))
-        self.reused = fuse_chain([block.reused])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.reused(max_pool_ceil(x)), self.learned(x)], dim=1)
-
-
-class FusedDensePrediction(nn.Module):
-    def __init__(self, neck: DensePrediction):
-        super().__init__()
-        self.second_reused = fuse_chain([neck.second_reused])
-        self.extras = nn.ModuleList(FusedLHRH(b) for b in neck.extras)
-
-    def forward(self, taps):
-        first, first_pooled, out = taps
-        reused = first_pooled
-        while reused.shape[-1] > out.shape[-1]:
-            reused = max_pool_ceil(reused)
-        x = torch.cat([out, self.second_reused(reused)], dim=1)
-        sources = [first, x]
-        for block in self.extras:
-            x = block(x)
-            sources.append(x)
-        return sources
-
-
-class FusedPlainPrediction(nn.Module):
-    def __init__(self, neck: PlainPrediction):
-        super().__init__()
-        self.extras = nn.ModuleList(fuse_chain(_flatten_units(b)) for b in neck.extras)
-
-    def forward(self, taps):
-        first, _, x = taps
-        sources = [first, x]
-        for block in self.extras:
-            x = block(x)
-            sources.append(x)
-        return sources
-
-
-def _l2_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True) + eps)
-
-
-class FusedHead(nn.Module):
-    """Per source: parameter-free L2 normalisation, then one conv producing [loc | conf] channels
-    (L2Norm scale folded into the input channels, head BN into the output channels)."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.num_classes = head.num_classes
-        self.eps = [l2.eps for l2 in head.l2norms]
-        self.branches = nn.ModuleList()
-        self.loc_channels: List[int] = []
-        for l2, loc, conf in zip(head.l2norms, head.loc, head.conf):
-            self.loc_channels.append(self._out_channels(loc))
-            self.branches.append(self._fuse(l2.weight.detach(), loc, conf))
-
-    @staticmethod
-    def _out_channels(seq: nn.Sequential) -> int:
-        return [m for m in seq if isinstance(m, nn.Conv2d)][-1].out_channels
-
-    @staticmethod
-    def _fold_branch(l2w: torch.Tensor, seq: nn.Sequential) -> List[Tuple[nn.Conv2d, torch.Tensor, Optional[torch.Tensor]]]:
-        convs = [m for m in seq if isinstance(m, nn.Conv2d)]
-        norm = seq[-1]
-        out = []
-        for i, conv in enumerate(convs):
-            last = i == len(convs) - 1
-            w, b = fold_bn_into_conv(conv, norm if (last and _is_bn(norm)) else None)
-            if i == 0:  # L2Norm's per-channel scale multiplies this conv's input channels
-                if conv.groups == 1:
-                    w = w * l2w.view(1, -1, 1, 1).to(w.dtype)
-                else:  # depthwise: output channel c reads input channel c
-                    w = w * l2w.view(-1, 1, 1, 1).to(w.dtype)
-            out.append((conv, w, b))
-        return out
-
-    def _fuse(self, l2w: torch.Tensor, loc: nn.Sequential, conf: nn.Sequential) -> nn.Module:
-        loc_f, conf_f = self._fold_branch(l2w, loc), self._fold_branch(l2w, conf)
-        gn = not _is_bn(loc[-1])
-        if len(loc_f) == 1 and len(conf_f) == 1 and not gn:
-            (c, wl, bl), (_, wc, bc) = loc_f[0], conf_f[0]
-            return ConvAct(torch.cat([wl, wc]), torch.cat([bl, bc]), c.stride[0], c.padding[0], 1, False)
-
-        def branch(folded, seq):
-            mods: List[nn.Module] = [ConvAct(w, b, c.stride[0], c.padding[0], c.groups, False) for c, w, b in folded]
-            if gn:
-                mods.append(seq[-1])
-            return nn.Sequential(*mods)
-
-        return _TwoBranch(branch(loc_f, loc), branch(conf_f, conf))
-
-    def forward(self, sources: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        n = sources[0].shape[0]
-        if _exporting():
-            locs, confs = [], []
-            for x, eps, branch, lc in zip(sources, self.eps, self.branches, self.loc_channels):
-                y = branch(_l2_normalize(x, eps)).permute(0, 2, 3, 1)
-                locs.append(y[..., :lc].reshape(n, -1, 4))
-                confs.append(y[..., lc:].reshape(n, -1, self.num_classes))
-            return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
-        maps, total = [], 0
-        for x, eps, branch, lc in zip(sources, self.eps, self.branches, self.loc_channels):
-            y = branch(_l2_normalize(x, eps))
-            a = lc // 4
-            maps.append((y, a))
-            total += y.shape[-2] * y.shape[-1] * a
-        ref = sources[0]
-        locs = ref.new_empty((n, total, 4))
-        confs = ref.new_empty((n, total, self.num_classes))
-        off = 0
-        for (y, a), lc in zip(maps, self.loc_channels):
-            h, w = y.shape[-2:]
-            cnt = h * w * a
-            nhwc = y.permute(0, 2, 3, 1)  # free in channels-last
-            locs[:, off:off + cnt].view(n, h, w, lc).copy_(nhwc[..., :lc])
-            confs[:, off:off + cnt].view(n, h, w, a * self.num_classes).copy_(nhwc[..., lc:])
-            off += cnt
-        return locs, confs
-
-
-class _TwoBranch(nn.Module):
-    """Separate loc/conf branches (depthwise or GroupNorm heads) with the [loc | conf] output layout."""
-
-    def __init__(self, loc: nn.Module, conf: nn.Module):
-        super().__init__()
-        self.loc, self.conf = loc, conf
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.loc(x), self.conf(x)], dim=1)
-
-
-class FusedDSOD(nn.Module):
-    """Eval-only DSOD with folded BNs, pre-allocated dense blocks and (by default on CPU) channels-last.
+class FusedDSOD(DSOD):
+    """Eval-only DSOD whose leaves are fused (see the module docstring); the forwards are DSOD's.
 
     Same call and output as ``DSOD``: ``forward(images) -> HeadOutputs``; ``anchors_cxcywh`` and
-    ``config`` carried over. Parameters are frozen buffers: it cannot be trained.
+    ``config`` carried over. Folded weights are buffers, GroupNorm's parameters are frozen, and
+``train(True)`` raises: it cannot be trained.
     """
 
-    def __init__(self, model: DSOD, channels_last: bool):
-        super().__init__()
-        self.backbone = FusedBackbone(model.backbone)
-        if isinstance(model.neck, DensePrediction):
-            self.neck = FusedDensePrediction(model.neck)
-        elif isinstance(model.neck, PlainPrediction):
-            self.neck = FusedPlainPrediction(model.neck)
-        else:
-            raise TypeError(f"fuse_for_inference: unknown prediction structure {type(model.neck).__name__}")
-        self.head = FusedHead(model.head)
-        self.register_buffer("anchors_cxcywh", model.anchors_cxcywh.detach().clone(), persistent=False)
-        self.config = getattr(model, "config", None)
+    def __init__(self, fused: DSOD, channels_last: bool):
+        super().__init__(fused.backbone, fused.neck, fused.head, fused.anchors_cxcywh,
+                         getattr(fused, "config", None))
         self.channels_last = channels_last
-        self.num_threads: Optional[int] = None  # intra-op threads for forward (None: leave as set)
         self.eval()
 
     def train(self, mode: bool = True) -> "FusedDSOD":
@@ -403,44 +261,40 @@ class FusedDSOD(nn.Module):
     def forward_features(self, images: torch.Tensor) -> List[torch.Tensor]:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.neck(self.backbone(images))
+        return super().forward_features(images)
 
     def forward(self, images: torch.Tensor) -> HeadOutputs:
-        prev = None
-        if self.num_threads and self.num_threads != torch.get_num_threads():
-            prev = torch.get_num_threads()
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.no_grad():
-                return HeadOutputs(*self.head(self.forward_features(images)))
-        finally:
-            if prev is not None:
-                torch.set_num_threads(prev)
+        with torch.no_grad():
+            return super().forward(images)
 
 
-def fuse_for_inference(model: DSOD, channels_last: Optional[bool] = None, mkldnn_fusion: Optional[bool] = None,
-                       num_threads: Optional[int] = None) -> FusedDSOD:
-    """An equivalent, faster, eval-only module (see the module docstring for what is folded).
+def fuse_for_inference(model: DSOD, channels_last: Optional[bool] = None,
+                       mkldnn_fusion: Optional[bool] = None) -> FusedDSOD:
+    """An equivalent, faster, eval-only copy (see the module docstring for what is folded).
 
     Args:
         model: a ``DSOD`` (its current BN running statistics are used; the model itself is untouched).
         channels_last: NHWC activations; None -> True on CPU.
         mkldnn_fusion: run conv+bias+ReLU as one oneDNN call; None -> when available (CPU build with
             oneDNN). With False, plain ``conv2d`` + ReLU (e.g. to compare in ``dsod bench``).
-        num_threads: intra-op threads used during forward (restored afterwards); None leaves torch's
-            setting. ``dsod bench`` times 1..N threads: on a machine shared with other jobs one thread
-            can be many times faster than two (OpenMP barriers wait for descheduled threads).
+
+    The intra-op thread count is left alone: callers set it (``dsod bench`` times 1..N threads; on a
+    machine shared with other jobs one thread can be many times faster than two).
     """
-    if not isinstance(model, DSOD):
-        raise TypeError(f"fuse_for_inference expects a DSOD model, got {type(model).__name__}")
+    if not isinstance(model, DSOD) or isinstance(model, FusedDSOD):
+        raise TypeError(f"fuse_for_inference expects an (unfused) DSOD model, got {type(model).__name__}")
     if model.config.backbone != "dsod":
         raise ValueError(f"fuse_for_inference supports the DSOD backbone only, not '{model.config.backbone}'")
     device = model.anchors_cxcywh.device
     if channels_last is None:
         channels_last = device.type == "cpu"
-    fused = FusedDSOD(model, channels_last).to(device)
-    fused.num_threads = num_threads
+    with torch.no_grad():
+        copied = copy.deepcopy(model).eval()
+        _fold_l2norm_scales(copied.head)  # before the head's Conv -> BN folds: they then carry the scale
+        _fuse_chains(copied)
+    fused = FusedDSOD(copied, channels_last)
     use = _MKLDNN_POINTWISE if mkldnn_fusion is None else (bool(mkldnn_fusion) and _MKLDNN_POINTWISE)
+    fused.requires_grad_(False)  # what is left of parameters (GroupNorm's) is frozen too
     for m in fused.modules():
         if isinstance(m, ConvAct):
             m.use_mkldnn = use
