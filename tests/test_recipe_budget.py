@@ -64,8 +64,14 @@ def test_time_budget_fits_evaluations_included(bccd_small, tmp_path):
     run = Trainer(_args(bccd_small, tmp_path, "timed", time="1m", val=True)).train()
     saved = yaml.safe_load((Path(run["run_dir"]) / "args.yaml").read_text())
     assert saved["budget"]["seconds"] == budget and saved["total_iterations"] > 5
-    rows = (Path(run["run_dir"]) / "results.csv").read_text().splitlines()
-    assert len(rows) - 1 >= 3  # the planned evaluations ran (at least MIN_EVALS)
+    from dsod.engine.budget import MIN_EVALS
+    # the plan (from the probed step time) has at least MIN_EVALS evaluations; a machine that got busy
+    # may end the run early (by design: the final evaluation rather than an overrun), and then says so
+    assert saved["budget"]["evaluations"] >= MIN_EVALS, saved["budget"]
+    evaluated = len((Path(run["run_dir"]) / "results.csv").read_text().splitlines()) - 1
+    assert evaluated >= 1
+    if not run["stop_reason"].startswith("time budget: ending"):
+        assert evaluated >= MIN_EVALS, (evaluated, saved["budget"])
     # within the budget (+5% is the target; the slack is for a loaded CI machine) and most of it used
     assert 0.5 * budget < run["seconds"] < 1.25 * budget, run
 
