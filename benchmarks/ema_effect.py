@@ -19,7 +19,7 @@ def main(argv):
     from dsod.engine.checkpoint import build_from_checkpoint, load_checkpoint
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.precise_bn import recompute_bn_stats
-    from dsod.engine.sampler import ResumableBatchSampler
+    from dsod.data.sampler import ResumableBatchSampler
     from dsod.metrics import Evaluator
 
     path, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])

@@ -24,11 +24,10 @@ boxes first; the image is then decoded only as large as that geometry needs (a J
 
 **Reproducibility.** A key may be an index or ``(index, seed)``: with a seed the transform runs with
 torch's CPU generator seeded with ``seed`` inside ``torch.random.fork_rng`` (the transforms draw only
-from it). ``build_dataloader`` feeds such keys: the seed of the sample at position p of epoch e is drawn
-from a generator seeded with ``seed``, so the augmented batches are the same with 0 or 8 workers and
-on every run; ``worker_init_fn`` additionally seeds ``random`` and NumPy in each worker from the
-worker's torch seed (for user transforms that use them), and the loader's ``torch.Generator`` (seeded
-with ``seed``) fixes the shuffling order and the workers' base seed.
+from it). ``build_dataloader`` feeds such keys (``sampler.ResumableBatchSampler``: the seed of the
+sample at position p of epoch e is a function of (seed, e, p)), so the augmented batches are the same
+with 0 or 8 workers and on every run; ``worker_init_fn`` additionally seeds ``random`` and NumPy in
+each worker from the worker's torch seed (for user transforms that use them).
 """
 from __future__ import annotations
 
@@ -38,11 +37,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from .images import MAX_PIXELS, ImageError, load_image
 from .records import DatasetError, ImageRecord
+from .sampler import ResumableBatchSampler
 
 
 class DetectionDataset(Dataset):
@@ -149,29 +149,6 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]
     return torch.stack(images), list(targets)
 
 
-class SeededSampler(Sampler):
-    """Wraps a sampler of indices into one of ``(index, sample_seed)`` keys. Sample seeds come from a
-    generator seeded once with ``seed`` and advance epoch by epoch, so a run's augmentation is a
-    function of ``seed`` only (not of the number of workers or their scheduling)."""
-
-    def __init__(self, sampler: Sampler, seed: int):
-        self.sampler = sampler
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        indices = list(self.sampler)
-        seeds = torch.randint(0, 2 ** 31 - 1, (len(indices),), generator=self.generator).tolist()
-        for i, s in zip(indices, seeds):
-            yield (i[0], s) if isinstance(i, tuple) else (int(i), s)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def set_epoch(self, epoch: int) -> None:  # forwarded for DistributedSampler
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed Python's and NumPy's RNGs from the worker's torch seed (which the
     DataLoader derives from its generator), as PyTorch's reproducibility notes recommend."""
@@ -181,17 +158,14 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = False, workers: int = 0,
-                     seed: int = 0, drop_last: bool = False, sampler: Optional[Sampler] = None,
-                     pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
-    """A seeded, reproducible, multi-worker DataLoader with ``collate``.
-    ``sampler`` (e.g. a DistributedSampler) replaces the shuffle/sequential choice; either way it is
-    wrapped in ``SeededSampler`` so each sample carries its augmentation seed."""
+                     seed: int = 0, drop_last: bool = False, pin_memory: bool = False,
+                     persistent_workers: bool = False) -> DataLoader:
+    """A seeded, reproducible, multi-worker DataLoader with ``collate``, drawing its batches from
+    ``ResumableBatchSampler`` (the trainer's own sampler): each sample carries its augmentation
+    seed, and each pass over the loader is the next epoch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    g = torch.Generator().manual_seed(int(seed))
-    if sampler is None:
-        sampler = RandomSampler(dataset, generator=g) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(sampler, seed + 1),
-                      num_workers=workers, collate_fn=collate, drop_last=drop_last, generator=g,
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       worker_init_fn=seed_worker if workers > 0 else None, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and workers > 0)

@@ -37,7 +37,7 @@ in ``DetectionDataset``, JPEGs decoded at reduced size (issue 12: data loading m
 bottleneck); the output equals this pipeline's up to resampling (tests/test_data_speed.py).
 
 Randomness comes only from torch's global RNG (like every v2 built-in), so seeding torch per sample
-(``dataset.DetectionDataset`` with ``(index, seed)`` keys, ``engine.sampler.SeededDataset``) makes the
+(``dataset.DetectionDataset`` with ``(index, seed)`` keys, ``data.sampler.ResumableBatchSampler``) makes the
 augmentation reproducible and independent of the number of workers.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..loss import MultiBoxLoss
 from ..model import DSOD, build_model
-from ..model.layers import CaffeBatchNorm2d, convert_sync_batchnorm
+from ..model.norms import CaffeBatchNorm2d, convert_sync_batchnorm
 from ..postprocess import PostProcessor
 from . import distributed as dist_utils
 from . import recipe as recipes
@@ -36,7 +36,7 @@ from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
 from .run import (TrainingError, append_csv, args_dict, next_run_dir, select_device,  # noqa: F401 (re-exported)
                   write_csv, write_yaml)
 from . import setup
-from .sampler import ResumableBatchSampler
+from .loaders import side_batches, side_seed, train_loader
 from .step import detection_loss, train_step
 from .train_args import PRECISE_BN_IMAGES, TrainArgs, precise_bn_images  # noqa: F401 (re-exported)
 
@@ -59,7 +59,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset, eval_transform
+        from ..data import DetectionDataset, collate, eval_transform
 
         self.resume_ckpt = load_checkpoint(self.args.resume) if self.args.resume else None
         a = self.args = setup.resolve_args(self.args, self.resume_ckpt)
@@ -96,16 +96,14 @@ class Trainer:
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
         self.train_set = DetectionDataset(train_records, None, train=True)
         self._set_augment(a.augment or recipes.SHORT.augment)
-        self.sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True, seed=a.seed,
-                                             rank=self.rank, world=self.world, drop_last=True)
-        self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=a.workers,
-                                       collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                                       persistent_workers=False)
+        self.train_loader = train_loader(self.train_set, a.batch, seed=a.seed, rank=self.rank, world=self.world,
+                                         workers=a.workers, pin_memory=self.device.type == "cuda")
+        self.sampler = self.train_loader.batch_sampler
         self.val_loader = None
         if a.val and self.val_records and self.main:
             val_set = DetectionDataset(self.val_records, eval_transform(cfg.image_size), train=False)
             self.val_loader = DataLoader(val_set, batch_size=max(1, a.batch), shuffle=False,
-                                         num_workers=a.workers, collate_fn=_collate)
+                                         num_workers=a.workers, collate_fn=collate)
         per_epoch = self.sampler.batches_per_epoch() // a.accumulate
         if per_epoch < 1:
             raise TrainingError(f"batch={a.batch} x accumulate={a.accumulate} x {self.world} process(es) is larger "
@@ -278,22 +276,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ precise BN
     def _extra_batches(self, num_batches: int, targets: bool = False, stream: int = 0):
-        """``num_batches`` augmented training batches, drawn as in training but from a stream of their
-        own (seeded by the iteration), so the training data order is untouched."""
+        """Augmented training batches from a stream of their own (the training order is untouched)."""
         a = self.args
-        sampler = ResumableBatchSampler(len(self.train_set), a.batch, shuffle=True,
-                                        seed=(a.seed + 1) * 1_000_003 + self.iteration + stream * 7919,
-                                        rank=self.rank, world=self.world, drop_last=True)
-        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=a.workers, collate_fn=_collate)
-        done, epoch = 0, 0
-        while done < num_batches:
-            sampler.set_epoch(epoch)
-            epoch += 1
-            for images, labels in loader:
-                yield (images, labels) if targets else images
-                done += 1
-                if done == num_batches:
-                    return
+        return side_batches(self.train_set, a.batch, num_batches, seed=side_seed(a.seed, self.iteration, stream),
+                            rank=self.rank, world=self.world, workers=a.workers, targets=targets)
 
     def _precise_bn(self) -> Optional[Dict[str, torch.Tensor]]:
         """Re-estimate the evaluated weights' BN statistics (all ranks); returns the buffers to put back."""
@@ -498,11 +484,6 @@ class Trainer:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return -float(row.get("loss", 0.0))  # no validation: lower training loss is better
         return float(v)
-
-
-def _collate(batch):
-    from ..data import collate
-    return collate(batch)
 
 
 def _in_main_thread() -> bool:

@@ -6,7 +6,8 @@ docs/RESULTS.md.
     python -m dsod.experiments report                        # CSV + Markdown + plots of what finished
 
 Keys: out (default docs/results/ablation), variants, seeds, and every ``Budget`` field (data,
-iterations, batch, lr, weight_decay, warmup, augment, flipud, bn_decay, val_every, threads). Several
+iterations, batch, lr, weight_decay, warmup, augment, flipud, bn_decay, ema, precise_bn, val_every,
+threads). Several
 copies may run at once (e.g. one per core): they share the queue through lock files.
 """
 from __future__ import annotations
@@ -29,6 +30,16 @@ def _parse(argv: List[str]) -> Dict[str, str]:
         k, v = a.split("=", 1)
         kv[k.strip().replace("-", "_")] = v
     return kv
+
+
+def _value(default, key: str, text: str):
+    """``text`` as the type of the Budget field's default (a misspelt boolean is an error, not True)."""
+    from ..cli.schema import boolean
+
+    try:
+        return boolean(text) if isinstance(default, bool) else type(default)(text)
+    except ValueError:
+        raise ValueError(f"{key}={text} is not a valid {type(default).__name__}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -54,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         bad = sorted(set(kv) - set(fields))
         if bad:
             raise ValueError(f"unknown key(s) {', '.join(bad)}; valid: out, variants, seeds, {', '.join(fields)}")
-        budget = Budget(**{k: type(getattr(Budget(), k))(v) for k, v in kv.items()})
+        budget = Budget(**{k: _value(getattr(Budget(), k), k, v) for k, v in kv.items()})
         run_all(variants, seeds, budget, out)
         print(write_report(out))
     except (ValueError, FileNotFoundError) as e:

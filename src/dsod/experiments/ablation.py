@@ -65,8 +65,12 @@ class Budget:
     augment: str = "light"
     flipud: float = 0.5
     bn_decay: float = 0.99
+    ema: bool = True  # the short recipe's weight EMA, evaluated
+    precise_bn: str = "auto"  # BN statistics re-estimated for the weights evaluated (engine/precise_bn.py)
     val_every: int = 50
     threads: int = 1  # torch threads per run (1: two runs share a 2-core machine best)
+    # fp32 NCHW for every variant on every CPU: bf16 (the default on CPUs with native bf16) moves mAP
+    # by ~0.5 points, and the table mixes runs from sessions on different CPUs
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -104,7 +108,8 @@ def _run_dsod(v: Variant, seed: int, b: Budget, out: Path) -> Dict[str, Any]:
     trainer = Trainer(TrainArgs(
         data=b.data, model=v.preset, iterations=b.iterations, batch=b.batch, optimizer="adamw", lr=b.lr,
         weight_decay=b.weight_decay, no_decay_norm=True, schedule="cosine", warmup=b.warmup, augment=b.augment,
-        flipud=b.flipud, bn_decay=b.bn_decay, workers=0, seed=seed, device="cpu", project=str(out / "train"),
+        flipud=b.flipud, bn_decay=b.bn_decay, ema=b.ema, precise_bn=b.precise_bn, bf16=False, channels_last=False,
+        workers=0, seed=seed, device="cpu", project=str(out / "train"),
         name=run_name(v.preset if v.kind == "dsod" else v.kind, seed), exist_ok=True,
         val_interval=b.val_every, progress=False))
     result = trainer.train()
@@ -121,7 +126,8 @@ def _run_frcnn(v: Variant, seed: int, b: Budget) -> Dict[str, Any]:
 
     return train_faster_rcnn(load_dataset(b.data), get_config(v.preset), iterations=b.iterations, batch=b.batch,
                              lr=b.lr, weight_decay=b.weight_decay, warmup=b.warmup, augment=b.augment,
-                             flipud=b.flipud, seed=seed, val_every=b.val_every)
+                             flipud=b.flipud, bn_decay=b.bn_decay, ema=b.ema, precise_bn=b.precise_bn,
+                             seed=seed, val_every=b.val_every)
 
 
 def run_one(variant: str, seed: int, b: Budget, out: Path) -> Optional[Dict[str, Any]]:

@@ -3,9 +3,10 @@ scratch with VGG, ResNet and DS/64-192-48-1 backbones), at CPU scale.
 
 torchvision's ``FasterRCNN`` (RPN + RoIAlign + two-FC box head; written by torchvision, not by us)
 around the very same randomly initialised DSOD backbone as the proposal-free run it is compared with,
-trained on the same data pipeline, input size, optimizer, schedule and iteration budget, and scored by
-the same ``Evaluator``. What is ours: the adapter from our backbone to the single feature map torchvision
-wants, and the (short) training loop, because the detector computes its own losses.
+trained through the same code as the DSOD runs (sampler, training step, optimizer, schedule, BN decay,
+weight EMA, precise BN, iteration budget) and scored by the same ``Evaluator``. What is ours: the
+adapter from our backbone to the single feature map torchvision wants, and the short loop that calls
+those pieces, because the detector computes its own losses.
 
 Sizes are scaled to the small input: anchors 16-128 px (BCCD platelets to WBCs at 224 px), a 256-wide
 box head and 128 sampled RoIs per image instead of 1024 / 512, so that one step costs about what a
@@ -13,6 +14,7 @@ DSOD step costs (torchvision's defaults cost ~20x more on this CPU).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Dict, List
 
@@ -21,7 +23,12 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data import DetectionDataset, build_dataloader, eval_transform, train_transform
+from ..engine.ema import ModelEMA
+from ..engine.loaders import side_batches, side_seed, train_loader
 from ..engine.optim import build_optimizer, lr_lambda
+from ..engine.precise_bn import load_bn_buffers, recompute_bn_stats
+from ..engine.step import train_step
+from ..engine.train_args import precise_bn_images
 from ..metrics import Evaluator
 from ..model import build_backbone
 
@@ -79,45 +86,72 @@ def evaluate(model: nn.Module, loader, evaluator: Evaluator, size: int) -> Dict[
     return evaluator.compute()
 
 
+def _loss_fn(model: nn.Module, size: int):
+    """``engine.step.train_step``'s loss: torchvision's four losses, summed (its own normalisation),
+    with the box terms (RPN + head) as ``loss_loc`` and the objectness + classifier as ``loss_conf``."""
+    def loss(images, targets):
+        parts = model(list(images), _targets(targets, size))
+        loc = parts["loss_box_reg"] + parts["loss_rpn_box_reg"]
+        conf = parts["loss_classifier"] + parts["loss_objectness"]
+        return loc + conf, {"loss": loc + conf, "loss_loc": loc, "loss_conf": conf}
+    return loss
+
+
+def _stream(loader):
+    while True:  # each pass over the loader is the next epoch
+        yield from loader
+
+
 def train_faster_rcnn(spec, cfg: ModelConfig, *, iterations: int, batch: int, lr: float, weight_decay: float,
-                      warmup: int, augment: str, flipud: float, seed: int, val_every: int,
-                      log=print) -> Dict[str, Any]:
-    """Train from scratch and evaluate on the ``val`` split. Returns the metrics of the last
-    evaluation, the learning curve and the wall time (the same keys ``ablation`` reads from DSOD runs)."""
+                      warmup: int, augment: str, flipud: float, bn_decay: float, ema: bool, precise_bn,
+                      seed: int, val_every: int, log=print) -> Dict[str, Any]:
+    """Train from scratch and evaluate on the ``val`` split with the pieces the DSOD trainer uses:
+    its sampler and side streams (``engine.loaders``), its step (``engine.step.train_step``: a
+    non-finite loss skips the step), optimizer, schedule, BN decay, weight EMA (evaluated) and
+    precise BN before every evaluation. Returns the metrics of the last evaluation, the learning
+    curve and the wall time (the same keys ``ablation`` reads from DSOD runs)."""
     torch.manual_seed(seed)
     info = spec.info
     size = cfg.image_size
-    model = build_faster_rcnn(cfg, len(info.names) + 1)
+    model = build_faster_rcnn(cfg.replace(bn_decay=bn_decay), len(info.names) + 1)
     train_set = DetectionDataset(spec.records("train"), train_transform(size, mode=augment, flipud=flipud))
     val_records = spec.records("val")
     val_loader = build_dataloader(DetectionDataset(val_records, eval_transform(size), train=False), batch)
-    loader = build_dataloader(train_set, batch, shuffle=True, seed=seed, drop_last=True)
+    batches = _stream(train_loader(train_set, batch, seed=seed))
     opt = build_optimizer(model, "adamw", lr, 0.9, weight_decay, no_decay_norm=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(iterations, warmup, "cosine", ()))
-    curve, metrics, it, t0 = [], {}, 0, time.time()
-    bad = 0
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    averaged = ModelEMA.for_run(model, iterations) if ema else None
+    precise_images = precise_bn_images(precise_bn)
+    curve, metrics, t0, bad = [], {}, time.time(), 0
+    step_loss = _loss_fn(model, size)
     model.train()
-    while it < iterations:
-        for images, targets in loader:
-            losses = model(list(images), _targets(targets, size))
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-                opt.step()
-                bad = 0
-            else:
-                bad += 1  # counted and reported (a diverging run is a result here, not an error)
-            sched.step()
-            it += 1
-            if it % val_every == 0 or it == iterations:
-                metrics = evaluate(model, val_loader, Evaluator(info, val_records), size)
-                row = {"iteration": it, "loss": round(float(loss.detach()), 5), "time_s": round(time.time() - t0, 1),
-                       "voc07_map50": round(float(metrics["voc07_map50"]), 5),
-                       "coco_ap": round(float(metrics["coco"]["AP"]), 5), "non_finite_steps": bad}
-                curve.append(row)
-                log(f"faster-rcnn iter {it}: loss {row['loss']:.3f} mAP@0.5 {row['voc07_map50']:.4f}")
-            if it >= iterations:
-                break
+    for it in range(1, iterations + 1):
+        parts = train_step(batches, step_loss, opt, scaler, accumulate=1, world=1, device=torch.device("cpu"))
+        sched.step()
+        if parts is None:
+            bad += 1  # counted and reported (a diverging run is a result here, not an error)
+        else:
+            last = parts
+        if averaged is not None:
+            averaged.update(model)
+        if it % val_every == 0 or it == iterations:
+            evaluated = averaged.module if averaged is not None else model
+            # BN lives in the backbone only; the detector's transform leaves a size x size input as it is
+            body = evaluated.backbone
+            saved = None
+            if precise_images:
+                n = max(1, math.ceil(precise_images / batch))
+                saved = recompute_bn_stats(body, side_batches(train_set, batch, n, seed=side_seed(seed, it)),
+                                           torch.device("cpu"))
+            metrics = evaluate(evaluated, val_loader, Evaluator(info, val_records), size)
+            if saved is not None:
+                load_bn_buffers(body, saved)
+            model.train()
+            row = {"iteration": it, "loss": round(float(last["loss"]), 5) if bad < it else float("nan"),
+                   "time_s": round(time.time() - t0, 1), "voc07_map50": round(float(metrics["voc07_map50"]), 5),
+                   "coco_ap": round(float(metrics["coco"]["AP"]), 5), "non_finite_steps": bad}
+            curve.append(row)
+            log(f"faster-rcnn iter {it}: loss {row['loss']:.3f} mAP@0.5 {row['voc07_map50']:.4f}")
     params = sum(p.numel() for p in model.parameters())
     return {"metrics": metrics, "curve": curve, "seconds": time.time() - t0, "params": params}

@@ -14,8 +14,6 @@ from torch import nn
 
 from .checkpointing import concat_then, wants_recompute
 from .norms import make_norm
-# re-exported for engine/trainer.py until it imports from model.norms
-from .norms import CaffeBatchNorm2d, convert_sync_batchnorm  # noqa: F401
 
 
 class ConvNormReLU(nn.Sequential):

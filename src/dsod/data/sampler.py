@@ -1,10 +1,14 @@
-"""Deterministic, resumable, distributed batch sampling.
+"""The one seeded batch sampler: deterministic, resumable, distributed.
 
 Every sample of every epoch gets a seed that depends only on (seed, epoch, position in the epoch);
-``DetectionDataset`` seeds the augmentation with it when given an ``(index, seed)`` key. Data order and augmentation are therefore a
-pure function of the global position: the same with 0 or 8 workers, across a resume in the middle of
-an epoch, and between 1 process with batch 2b and 2 processes with batch b (rank r takes the r-th
-contiguous chunk of each global batch).
+``DetectionDataset`` seeds the augmentation with it when given an ``(index, seed)`` key. Data order
+and augmentation are therefore a pure function of the global position: the same with 0 or 8
+workers, across a resume in the middle of an epoch, and between 1 process with batch 2b and 2
+processes with batch b (rank r takes the r-th contiguous chunk of each global batch).
+
+The trainer says which epoch (and batch) comes next with ``set_epoch``; a plain loop over a
+``build_dataloader`` loader gets the next epoch (a new order and new augmentation) each time it
+iterates again, as with torch's ``RandomSampler``.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
+        self._explicit = False  # set_epoch called since the last pass
+        self._passes = 0
 
     @property
     def global_batch(self) -> int:
@@ -50,6 +56,7 @@ class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
+        self._explicit = True
 
     def _order(self) -> List[int]:
         if not self.shuffle:
@@ -57,16 +64,22 @@ class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
         else:
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
             order = torch.randperm(self.num_samples, generator=g).tolist()
-        need = self.batches_per_epoch() * self.global_batch
-        while len(order) < need:  # tiny datasets: wrap around so every batch is full
-            order += order[: need - len(order)]
-        return order
+        if self.drop_last:
+            need = self.batches_per_epoch() * self.global_batch
+            while len(order) < need:  # tiny datasets: wrap around so every batch is full
+                order += order[: need - len(order)]
+        return order  # not dropping (evaluation): every sample once, the last batch short
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        if self._passes and not self._explicit:  # iterated again without set_epoch: the next epoch
+            self.epoch, self.start_batch = self.epoch + 1, 0
+        self._explicit, self._passes = False, self._passes + 1
         order = self._order()
         for b in range(self.start_batch, self.batches_per_epoch()):
             lo = b * self.global_batch + self.rank * self.batch_size
-            yield [(order[p], _mix(self.seed, self.epoch, p)) for p in range(lo, lo + self.batch_size)]
+            batch = [(order[p], _mix(self.seed, self.epoch, p)) for p in range(lo, min(lo + self.batch_size, len(order)))]
+            if batch:
+                yield batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
