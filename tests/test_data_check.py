@@ -331,7 +331,15 @@ def test_check_on_broken_data_lists_every_problem(broken_voc, tmp_path):
 
 
 def test_check_bccd_statistics_coverage_and_plots(shared_data, tmp_path):
-    res = check(shared_data / "bccd", preset_boxes("dsod300"), out_dir=tmp_path, samples=4)
+    import matplotlib
+
+    original = matplotlib.get_backend()
+    matplotlib.use("pdf")  # not the headless default Agg, so that a switch to Agg would show
+    try:
+        res = check(shared_data / "bccd", preset_boxes("dsod300"), out_dir=tmp_path, samples=4)
+        assert matplotlib.get_backend() == "pdf"  # plotting left the process's backend alone
+    finally:
+        matplotlib.use(original)
     assert res["names"] == ["Platelets", "RBC", "WBC"] and res["num_default_boxes"] == 8744
     tr = res["splits"]["train"]
     assert (tr["images"], tr["boxes"], tr["images_without_boxes"]) == (205, 2804, 0)

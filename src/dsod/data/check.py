@@ -3,7 +3,7 @@ boxes can cover its objects -- before spending days training (``dsod data check 
 
 Default-box coverage: ground-truth boxes are warp-resized like the training input (normalised by the
 image's width and height) and compared with default boxes; a box whose best IoU with any default box
-is below 0.5 can only become a positive through SSD's bipartite step (spec §1.6), i.e. with one
+is below 0.5 can only become a positive through SSD's bipartite step (ORIGINAL.md §1.6), i.e. with one
 poorly fitting default box. A high share means the anchors (sizes, aspect ratios, input size) do not
 suit the data.
 
@@ -26,7 +26,7 @@ from .images import ImageError, load_image
 from .records import ImageRecord
 from .spec import DatasetError, DatasetSpec, load_dataset
 
-IOU_THRESHOLD = 0.5  # spec §1.6 matching threshold
+IOU_THRESHOLD = 0.5  # ORIGINAL.md §1.6 matching threshold
 
 
 def _percentiles(v: np.ndarray) -> Dict[str, float]:
@@ -108,11 +108,12 @@ def _split_stats(records: List[ImageRecord], names: Sequence[str], box_sets: Seq
 
 def _plot_labels(stats: Dict[str, Any], records: List[ImageRecord], names: Sequence[str], title: str,
                  path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure, not pyplot: saving needs no backend, so checking data never switches the caller's
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
     counts = [stats["class_counts"][n] for n in names]
     ax1.bar(range(len(names)), counts, color="tab:blue")
     ax1.set_xticks(range(len(names)))
@@ -131,7 +132,7 @@ def _plot_labels(stats: Dict[str, Any], records: List[ImageRecord], names: Seque
         wf, hf, lab = np.concatenate(wf), np.concatenate(hf), np.concatenate(lab)
         sc = ax2.scatter(wf, hf, c=lab, cmap="tab20", s=6, alpha=0.5, vmin=0, vmax=max(len(names) - 1, 1))
         if len(names) <= 20:
-            handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
+            handles = [Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
                        for i, n in enumerate(names)]
             ax2.legend(handles=handles, fontsize=7, loc="upper left")
     ax2.set_xlim(0, 1)
@@ -142,14 +143,12 @@ def _plot_labels(stats: Dict[str, Any], records: List[ImageRecord], names: Seque
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_samples(records: List[ImageRecord], names: Sequence[str], image_size: int, n: int, seed: int,
                   path: Path) -> None:
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     from .dataset import DetectionDataset
@@ -160,10 +159,11 @@ def _plot_samples(records: List[ImageRecord], names: Sequence[str], image_size: 
     order = torch.randperm(len(records), generator=g)[:n].tolist()
     cols = math.ceil(math.sqrt(len(order)))
     rows = math.ceil(len(order) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    colours = plt.get_cmap("tab20")
+    colours = matplotlib.colormaps["tab20"]
     for k, idx in enumerate(order):
         image, target = ds[(idx, seed + k)]
         ax = axes.flat[k]
@@ -178,7 +178,6 @@ def _plot_samples(records: List[ImageRecord], names: Sequence[str], image_size: 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def check(data: Union[str, Path, DatasetSpec], default_boxes: Sequence[DefaultBoxSet] = (),

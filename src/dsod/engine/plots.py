@@ -1,4 +1,7 @@
-"""Pictures of a run: learning curves, a training batch with its boxes, validation predictions."""
+"""Pictures of a run: learning curves, a training batch with its boxes, validation predictions.
+
+Drawn on ``matplotlib.figure.Figure`` objects, not pyplot: saving needs no backend, so a library call
+never switches the process's backend (``matplotlib.use``) under a notebook or GUI that imported us."""
 from __future__ import annotations
 
 import csv
@@ -12,11 +15,12 @@ import torch
 from ..config import PIXEL_MEAN_BGR
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(rows: int, cols: int, figsize):
+    # imported here, not at the top: only runs that draw pictures pay for importing matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _save(fig, path: Path) -> None:
@@ -33,11 +37,14 @@ def to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
 
 def _draw(ax, img: np.ndarray, boxes: np.ndarray, labels: Sequence[int], names: Sequence[str],
           scores: Sequence[float] | None = None) -> None:
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
     ax.imshow(img)
-    cmap = _plt().get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     for i, (b, l) in enumerate(zip(boxes, labels)):
         colour = cmap(int(l) % 20)
-        ax.add_patch(_plt().Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.2, color=colour))
+        ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.2, color=colour))
         text = names[int(l)] if int(l) < len(names) else str(int(l))
         if scores is not None:
             text += f" {scores[i]:.2f}"
@@ -48,10 +55,9 @@ def _draw(ax, img: np.ndarray, boxes: np.ndarray, labels: Sequence[int], names: 
 def _image_grid(images: torch.Tensor, boxes: List[torch.Tensor], labels: List[torch.Tensor], names: Sequence[str],
                 path: Path, cols: int, scores: List[torch.Tensor] | None = None) -> None:
     """One panel per network-input image with its boxes (xyxy normalised to the input)."""
-    plt = _plt()
     n = len(images)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, (3 * cols, 3 * rows))
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -60,7 +66,6 @@ def _image_grid(images: torch.Tensor, boxes: List[torch.Tensor], labels: List[to
         px = boxes[i].cpu().numpy() * np.array([w, h, w, h])
         _draw(axes.flat[i], img, px, labels[i].tolist(), names, None if scores is None else scores[i].tolist())
     _save(fig, Path(path))
-    plt.close(fig)
 
 
 def plot_batch(images: torch.Tensor, targets: List[dict], names: Sequence[str], path: Path, max_images: int = 16):
@@ -92,13 +97,13 @@ def plot_results(csv_path: Path, out_path: Path) -> None:
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    plt = _plt()
     it = [float(r["iteration"]) for r in rows]
 
     def col(k):
         return [float(r[k]) if r.get(k) not in (None, "", "nan") else np.nan for r in rows]
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    fig, axes = _figure(1, 3, (13, 3.5))
+    axes = axes[0]
     for k in ("loss", "loss_loc", "loss_conf"):
         if k in rows[0]:
             axes[0].plot(it, col(k), marker=".", label=k)
@@ -116,4 +121,3 @@ def plot_results(csv_path: Path, out_path: Path) -> None:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     _save(fig, Path(out_path))
-    plt.close(fig)

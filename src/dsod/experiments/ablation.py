@@ -1,5 +1,5 @@
-"""The paper's design-principle ablation (spec §3.1) and its from-scratch comparisons (spec §3.2) at
-CPU scale: every run trains from random init on the same data, input size, augmentation, optimizer,
+"""The paper's design-principle ablation (docs/ORIGINAL.md §3.1) and its from-scratch comparisons
+(§3.2) at CPU scale: every run trains from random init on the same data, input size, augmentation, optimizer,
 schedule and iteration budget, with several seeds; the table reports mean and spread.
 
 One run = one (variant, seed). Each run writes ``<out>/runs/<variant>-s<seed>.json`` atomically when it
@@ -242,12 +242,13 @@ def write_report(out: Path) -> str:
 
 
 def _plot(out: Path, records: List[Dict[str, Any]], summ: Dict[str, Dict[str, Any]]) -> None:
+    # Figure, not pyplot: saving needs no backend, so a report never switches the caller's
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = list(summ)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.subplots()
     for i, v in enumerate(names):
         s = summ[v]
         ax.bar(i, 100 * s["voc07_map50_mean"], color="tab:blue" if v == "dsod" else "tab:gray", alpha=0.7)
@@ -258,10 +259,10 @@ def _plot(out: Path, records: List[Dict[str, Any]], summ: Dict[str, Dict[str, An
     ax.set_title("CPU-scale ablation: bars = mean, dots = seeds")
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    colors = {v: plt.cm.tab10(i) for i, v in enumerate(names)}
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    colors = {v: matplotlib.colormaps["tab10"](i) for i, v in enumerate(names)}
     for r in records:
         pts = [(c["iteration"], c["voc07_map50"]) for c in r["curve"] if c.get("voc07_map50") is not None]
         if pts:
@@ -274,4 +275,3 @@ def _plot(out: Path, records: List[Dict[str, Any]], summ: Dict[str, Dict[str, An
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
