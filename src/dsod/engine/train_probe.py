@@ -141,6 +141,7 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
 def _child(spec: Dict[str, Any]) -> Dict[str, Any]:
     """One process of a probe: ``spec`` holds kind, name, batch (this process's), steps, cfg, imgsz."""
     cfg = TrainConfig(**spec["cfg"])
+    # not restored: _child runs only in the probe's own subprocess (``python -m dsod.engine.train_probe``)
     torch.set_num_threads(cfg.threads)
     ddp = cfg.processes > 1
     if ddp:

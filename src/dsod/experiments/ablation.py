@@ -138,6 +138,7 @@ def run_one(variant: str, seed: int, b: Budget, out: Path) -> Optional[Dict[str,
     target, lock = runs / f"{name}.json", runs / f"{name}.lock"
     if target.exists() or not _claim(lock):
         return None
+    threads = torch.get_num_threads()  # the caller's, put back below: the budget's count is this run's only
     try:
         v = VARIANTS[variant]
         torch.set_num_threads(b.threads)
@@ -157,6 +158,7 @@ def run_one(variant: str, seed: int, b: Budget, out: Path) -> Optional[Dict[str,
               f"COCO AP {record['coco_ap']:.4f}, {record['seconds']:.0f} s", flush=True)
         return record
     finally:
+        torch.set_num_threads(threads)
         lock.unlink(missing_ok=True)
 
 
