@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,9 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     ev = Evaluator(spec.info, recs)
     loader = build_dataloader(DetectionDataset(recs, eval_transform(160), train=False), 4)
     m = evaluate(model, loader, ev, 160)
-    boxes, _, labels, _ = ev._det_arrays()
+    _, dets = ev.detections()
+    boxes = np.concatenate([d["boxes"] for d in dets])
+    labels = np.concatenate([d["labels"] for d in dets])
     assert ev.num_updated == 4 and m["voc07_map50"] == m["voc07_map50"]  # all 4 images scored, not NaN
     assert set(labels.tolist()) <= {0, 1, 2}  # torchvision's 1-based foreground mapped back to ours
     assert len(boxes) and float(boxes[:, 2].max()) > 160  # original 640x480 pixels, not network input

@@ -1,4 +1,4 @@
-"""The SSD/DSOD training augmentation (spec §1.8) computed the fast way: geometry on box coordinates,
+"""The SSD/DSOD training augmentation (ORIGINAL.md §1.8) computed the fast way: geometry on box coordinates,
 pixels rendered once, at the network's input size (issue 12, item 4: data loading never the
 bottleneck).
 
@@ -50,7 +50,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from .steps import (PIXEL_MEAN_RGB, RESIZE_CHOICES, SSDBatchSamplerCrop, SSDPhotometricDistort,
-                    ToNetworkInput, _size, _target_tensors)
+                    ToNetworkInput, size_hw, target_tensors)
 
 
 class SSDAugment:
@@ -67,7 +67,7 @@ class SSDAugment:
     def __init__(self, size=300, mode: str = "ssd", flipud: float = 0.0, reduced_decode: bool = True):
         if mode not in ("ssd", "light"):
             raise ValueError(f"SSDAugment: mode must be 'ssd' or 'light', got {mode!r}")
-        self.hw, self.mode, self.flipud = _size(size), mode, float(flipud)
+        self.hw, self.mode, self.flipud = size_hw(size), mode, float(flipud)
         self.reduced_decode = reduced_decode  # False: decode_size asks for the full image
         # the same steps (and so the same random draws) as transforms.reference_train_transform
         if mode == "ssd":
@@ -84,7 +84,7 @@ class SSDAugment:
             self.resizes = ((InterpolationMode.BILINEAR, True),)
         # v2.RandomChoice's draw: multinomial over equal weights, normalised as it does
         self.resize_p = [1.0 / len(self.resizes)] * len(self.resizes)
-        self.sanitize = v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_target_tensors)
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_tensors)
         self.to_input = ToNetworkInput()
         self.fill = torch.tensor([int(v) for v in PIXEL_MEAN_RGB], dtype=torch.uint8).view(3, 1, 1)
 

@@ -1,4 +1,4 @@
-"""The per-sample steps of the SSD/DSOD augmentation (spec §1.8) that both pipelines share:
+"""The per-sample steps of the SSD/DSOD augmentation (ORIGINAL.md §1.8) that both pipelines share:
 ``transforms.reference_train_transform`` (Caffe's order, full-size pixels) and ``augment.SSDAugment``
 (the same draws and box kernels, pixels rendered at the output size). They live here, below both, so
 that neither pipeline module imports the other (see ``transforms`` for what each step does and why).
@@ -17,7 +17,7 @@ from ..config import PIXEL_MEAN_BGR
 from .preprocess import to_network_input
 
 PIXEL_MEAN_RGB = tuple(PIXEL_MEAN_BGR[::-1])
-# Caffe's 7 batch samplers (spec §1.8): the whole image, then min IoU 0.1 ... 0.9, then no constraint
+# Caffe's 7 batch samplers (ORIGINAL.md §1.8): the whole image, then min IoU 0.1 ... 0.9, then no constraint
 # (Caffe writes it as max_jaccard_overlap 1.0, which any ground-truth box satisfies).
 SSD_MIN_IOUS: Tuple[Optional[float], ...] = (0.1, 0.3, 0.5, 0.7, 0.9, None)
 # OpenCV's {linear, area, nearest, cubic, Lanczos4} in torchvision terms: (interpolation, antialias)
@@ -31,7 +31,7 @@ RESIZE_CHOICES = (
 
 
 class SSDPhotometricDistort(v2.Transform):
-    """SSD Caffe's ``DistortImage`` (spec §1.8), on uint8 RGB images.
+    """SSD Caffe's ``DistortImage`` (ORIGINAL.md §1.8), on uint8 RGB images.
 
     brightness: + uniform(-32, 32) (p 0.5); then, in one of two orders picked with p 0.5,
     contrast x uniform(0.5, 1.5) (p 0.5) before or after saturation x uniform(0.5, 1.5) (p 0.5) and hue
@@ -94,7 +94,7 @@ def _scale(x: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class SSDBatchSamplerCrop(v2.RandomIoUCrop):
-    """SSD Caffe's batch-sampler crop (spec §1.8): each of the samplers (``min_ious``; None = no IoU
+    """SSD Caffe's batch-sampler crop (ORIGINAL.md §1.8): each of the samplers (``min_ious``; None = no IoU
     constraint) tries up to ``max_trials`` crops and keeps the first that satisfies it; one result is
     then picked uniformly among the successful samplers *and the whole image*. A crop has area
     ``scale^2`` of the image and aspect ``a`` (relative to the image's), ``scale ~ U[0.3, 1]``,
@@ -159,7 +159,7 @@ class SSDBatchSamplerCrop(v2.RandomIoUCrop):
     _get_params = make_params  # torchvision < 0.21 calls the private name
 
 
-def _target_tensors(sample) -> Tuple[torch.Tensor, ...]:
+def target_tensors(sample) -> Tuple[torch.Tensor, ...]:
     """SanitizeBoundingBoxes' ``labels_getter``: every per-box tensor of the target. A module-level
     function (not a lambda) so that transforms pickle into spawn-started DataLoader workers."""
     target = sample[1]
@@ -167,7 +167,8 @@ def _target_tensors(sample) -> Tuple[torch.Tensor, ...]:
 
 
 class ToNetworkInput:
-    """uint8 RGB (3, S, S) -> float32 BGR minus the mean (spec §1.1); boxes -> float32 xyxy / (S_w, S_h)."""
+    """uint8 RGB (3, S, S) -> float32 BGR minus the mean (ORIGINAL.md §1.1); boxes -> float32
+    xyxy / (S_w, S_h)."""
 
     def __init__(self, mean_bgr: Sequence[float] = PIXEL_MEAN_BGR):
         self.mean_bgr = tuple(float(v) for v in mean_bgr)
@@ -185,5 +186,6 @@ class ToNetworkInput:
         return f"{type(self).__name__}(mean_bgr={self.mean_bgr})"
 
 
-def _size(size) -> Tuple[int, int]:
+def size_hw(size) -> Tuple[int, int]:
+    """An output size given as ``S`` or ``(H, W)`` -> ``(H, W)``."""
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

@@ -1,12 +1,12 @@
-"""SSD/DSOD augmentation (spec §1.8) and evaluation transforms, on torchvision.transforms.v2.
+"""SSD/DSOD augmentation (ORIGINAL.md §1.8) and evaluation transforms, on torchvision.transforms.v2.
 
 A transform takes ``(image, target)``: ``image`` a ``tv_tensors.Image`` uint8 RGB (3, H, W) in
 original pixels, ``target`` a dict with ``boxes`` (``tv_tensors.BoundingBoxes`` xyxy pixels),
 ``labels`` int64, ``difficult`` bool and optionally ``iscrowd`` bool. It returns the network input,
-float32 (3, S, S) **BGR, 0-255 minus the mean (104, 117, 123), no std** (spec §1.1), and the target
+float32 (3, S, S) **BGR, 0-255 minus the mean (104, 117, 123), no std** (ORIGINAL.md §1.1), and the target
 with ``boxes`` a float32 (G, 4) xyxy tensor **normalised to [0, 1] of the network input**.
 
-Training pipeline (``reference_train_transform``), in SSD Caffe's order (spec §1.8: distort -> expand
+Training pipeline (``reference_train_transform``), in SSD Caffe's order (ORIGINAL.md §1.8: distort -> expand
 -> batch-sampler crop -> resize -> mirror); the image stays uint8, as in Caffe where every step
 saturates an 8-bit ``cv::Mat``:
 
@@ -20,7 +20,7 @@ The steps below are defined in ``steps`` (shared with ``augment``):
 4. ``v2.SanitizeBoundingBoxes`` drops the boxes the crop emptied (centre outside the crop) together
    with their labels/difficult flags. It runs right after the crop (min size 1 px in crop pixels) and
    not after the resize: SSD keeps every box whose centre is in the crop, however small, and matching
-   gives even a tiny box its best default box (bipartite step, spec §1.6).
+   gives even a tiny box its best default box (bipartite step, ORIGINAL.md §1.6).
 5. warp-resize to S x S with an interpolation drawn at random (``v2.RandomChoice`` of ``v2.Resize``):
    OpenCV's linear/area/nearest/cubic/Lanczos4 map to bilinear without antialias / bilinear with
    antialias (area-like averaging when shrinking) / nearest / bicubic / Lanczos (antialiased, the only
@@ -53,7 +53,7 @@ from .augment import SSDAugment
 from .preprocess import eval_resize
 # the steps live in their own module so that augment (which reuses them) and this one form no cycle
 from .steps import (PIXEL_MEAN_RGB, RESIZE_CHOICES, SSDBatchSamplerCrop, SSDPhotometricDistort,
-                    ToNetworkInput, _size, _target_tensors)
+                    ToNetworkInput, size_hw, target_tensors)
 
 
 class SeededTransform:
@@ -108,7 +108,7 @@ def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = 
     """The training augmentation, step by step in Caffe's order on full-size pixels (the definition
     ``train_transform`` is tested against, and the "before" of ``benchmarks/bench_data.py``).
 
-    ``mode``: "ssd" is the SSD Caffe recipe above (spec §1.8). "light" is ours, for short CPU runs on
+    ``mode``: "ssd" is the SSD Caffe recipe above (ORIGINAL.md §1.8). "light" is ours, for short CPU runs on
     small datasets whose objects are already small (measured on BCCD, docs/RESULTS.md): photometric
     distortion without the hue step (the most expensive one, ~40 ms per 640x480 image), no zoom-out
     (a 4x canvas shrinks platelets to a few pixels), the batch-sampler crop with scales 0.5-1 instead
@@ -116,7 +116,7 @@ def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = 
     ``flipud``: probability of a vertical flip as well (micrographs, aerial images; not photos).
     ``seed``: wrap it in ``SeededTransform`` (a reproducible stream for one process); without it the
     transform draws from torch's global RNG, which the data loader seeds per sample."""
-    hw = _size(size)
+    hw = size_hw(size)
     mode = augment_mode(mode)
     vflip = [v2.RandomVerticalFlip(p=flipud)] if flipud > 0 else []
     if mode == "none":
@@ -125,7 +125,7 @@ def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = 
         steps = [
             SSDPhotometricDistort(hue_delta_degrees=0.0),
             SSDBatchSamplerCrop(min_scale=0.5),
-            v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_target_tensors),
+            v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_tensors),
             v2.Resize(hw, interpolation=InterpolationMode.BILINEAR, antialias=True),
             v2.RandomHorizontalFlip(p=0.5),
             *vflip,
@@ -136,7 +136,7 @@ def reference_train_transform(size=300, seed: Optional[int] = None, mode: str = 
             v2.RandomZoomOut(fill={tv_tensors.Image: tuple(int(v) for v in PIXEL_MEAN_RGB), "others": 0},
                              side_range=(1.0, 4.0), p=0.5),
             SSDBatchSamplerCrop(),
-            v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_target_tensors),
+            v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_tensors),
             v2.RandomChoice([v2.Resize(hw, interpolation=m, antialias=a) for m, a in RESIZE_CHOICES]),
             v2.RandomHorizontalFlip(p=0.5),
             *vflip,
