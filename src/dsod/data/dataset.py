@@ -1,7 +1,7 @@
 """Records -> network-ready samples, batches and seeded, multi-worker data loaders.
 
 ``DetectionDataset(records, transform)[i]`` returns ``(image, target)``:
-- ``image``: float32 (3, S, S), BGR, 0-255 minus the mean (104, 117, 123) (spec §1.1);
+- ``image``: float32 (3, S, S), BGR, 0-255 minus the mean (104, 117, 123) (ORIGINAL.md §1.1);
 - ``target``: ``boxes`` float32 (G, 4) xyxy normalised to [0, 1] of the network input, ``labels``
   int64 (G,) 0-based class index (the loss adds 1 for background), ``difficult`` bool (G,),
   ``iscrowd`` bool (G,) (evaluation datasets only), ``image_id`` (the record's, str or int),
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -1,7 +1,7 @@
 """``time=``: a training run that fits a wall-clock budget, evaluations included (Ultralytics' ``time=``).
 
-The run times a few training steps before it starts (``Trainer._probe_step_seconds``: forward,
-backward and data loading, no optimizer step, BN statistics put back), plans the iteration count and
+The run times a few training steps before it starts (``probe_step_seconds``, called by the trainer:
+forward, backward and data loading, no optimizer step, BN statistics put back), plans the iteration count and
 the number of evaluations from that, and re-plans after every evaluation with what it measured since
 (step time and evaluation time), stretching or shrinking the LR schedule. If it still falls behind
 (a machine that got busy), it ends early with its final evaluation rather than overrun.
@@ -90,6 +90,15 @@ class Budget:
         return (f"time budget {format_duration(self.seconds)}: {self.step_seconds:.2f} s per iteration measured -> "
                 f"{self.total_iters} iterations, {self.evaluations} evaluations of ~{self.eval_seconds:.0f} s "
                 f"(re-planned after each evaluation)")
+
+
+def estimate_eval_seconds(step_seconds: float, images_per_step: int, val_images: int, precise_images: int,
+                          world: int) -> float:
+    """An evaluation's seconds before one has run: a forward costs ~1/3 of a training step per image;
+    validation runs on rank 0 only (x1.5 for decoding, post-processing and the evaluator), precise BN
+    on every process; 2 s for the checkpoints."""
+    forward = step_seconds / max(1, images_per_step) / 3
+    return 1.5 * forward * val_images + forward * precise_images / max(1, world) + 2.0
 
 
 def probe_step_seconds(net, model, batches, step_loss, steps: int = 4) -> float:

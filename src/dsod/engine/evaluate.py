@@ -4,7 +4,8 @@ The same function serves periodic validation during training and ``dsod val``.""
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+import math
+from typing import Any, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -37,3 +38,19 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.devi
         evaluator.update([t["image_id"] for t in targets], [{k: v.cpu() for k, v in d.items()} for d in dets])
     model.train(was_training)
     return evaluator.compute()
+
+
+def metric_columns(metrics: Dict[str, Any]) -> Dict[str, float]:
+    """The results.csv columns of an evaluation."""
+    return {"voc07_map50": round(float(metrics.get("voc07_map50", float("nan"))), 5),
+            "voc_area_map50": round(float(metrics.get("voc_area_map50", float("nan"))), 5),
+            "coco_ap": round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)}
+
+
+def fitness(row: Dict[str, Any], dataset_format: str) -> float:
+    """What best.pt is chosen on: COCO AP for COCO data (its own metric), VOC07 mAP@0.5 otherwise;
+    without validation, the lower training loss."""
+    v = row.get("coco_ap" if dataset_format == "coco" else "voc07_map50")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return -float(row.get("loss", 0.0))
+    return float(v)

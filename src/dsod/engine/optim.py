@@ -1,4 +1,4 @@
-"""SGD with the paper's settings, param groups, and the iteration-based LR schedule (spec §1.9)."""
+"""SGD with the paper's settings, param groups, and the iteration-based LR schedule (ORIGINAL.md §1.9)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from ..model.norms import L2Norm
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm: bool) -> list[dict]:
     """The original applies weight decay to every conv, to backbone BN gamma/beta and to the L2Norm
-    scales, and none to the head BN gamma/beta (spec §1.1). ``no_decay_norm`` exempts all norm and
+    scales, and none to the head BN gamma/beta (ORIGINAL.md §1.1). ``no_decay_norm`` exempts all norm and
     L2Norm parameters (the common modern choice)."""
     decay, no_decay = [], []
     head_norms = {id(p) for m in getattr(model, "head", nn.Module()).modules()
@@ -56,3 +56,22 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def default_lr(effective_batch: int) -> float:
+    """The paper's lr 0.1 at an effective batch of 128, scaled linearly (Goyal et al.'s rule)."""
+    return 0.1 * effective_batch / 128
+
+
+def default_warmup(total_iters: int) -> int:
+    """5% of the run, at most 500 iterations."""
+    return min(500, total_iters // 20)
+
+
+def build_schedule(model: nn.Module, a, lr: float, warmup: int, total_iters: int):
+    """The optimizer and the per-iteration LambdaLR of training arguments ``a``."""
+    if a.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer={a.optimizer} is not valid; choose one of: sgd, adamw")
+    optimizer = build_optimizer(model, a.optimizer, lr, a.momentum, a.weight_decay, a.no_decay_norm)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_iters, warmup, a.schedule,
+                                                                             a.milestones))

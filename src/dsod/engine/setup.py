@@ -127,3 +127,25 @@ def load_initial_weights(model: torch.nn.Module, ckpt: Dict[str, Any], names: Li
     if log and (set(missing) - set(mismatched) or unexpected):
         tqdm.write(f"warning: weights do not match the model exactly ({len(missing)} missing, "
                    f"{len(unexpected)} unexpected tensors)")
+
+
+def apply_recipe(a: TrainArgs, total_iters: int) -> Tuple[TrainArgs, str]:
+    """``recipe=auto|paper|short`` for a run of ``total_iters`` steps: the arguments with the recipe's
+    values where the user gave none, and the line that says so."""
+    from . import recipe as recipes
+
+    try:
+        recipe, reason = recipes.choose(a.recipe, total_iters)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    a, filled = recipes.apply(a, recipe)
+    return a, recipes.describe(recipe, reason, a, filled)
+
+
+def set_bn_decay(model: torch.nn.Module, decay: float) -> None:
+    """Caffe BN's moving-average decay on every layer of a built model (``bn_decay=``, the recipe's)."""
+    from ..model.norms import CaffeBatchNorm2d
+
+    for m in model.modules():
+        if isinstance(m, CaffeBatchNorm2d):
+            m.decay = decay

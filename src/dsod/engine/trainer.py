@@ -1,7 +1,12 @@
-"""Training from scratch: the iteration-based loop of the original solver (spec §1.9), with gradient
-accumulation, AMP/bf16, non-finite-loss guard, periodic validation with BN statistics re-estimated
-for the weights evaluated, an EMA of the weights, a time budget, early stopping, a results folder per
-run, exact resume and DDP under torchrun.
+"""Training from scratch: the iteration-based loop of the original solver (docs/ORIGINAL.md §1.9),
+with gradient accumulation, AMP/bf16, a non-finite-loss guard, periodic validation with BN statistics
+re-estimated for the weights evaluated, an EMA of the weights, a time budget, early stopping, a
+results folder per run, exact resume and DDP under torchrun.
+
+The loop and its decisions live here; the pieces are modules of their own: ``setup`` (arguments,
+data, model config, recipe), ``loaders`` (the seeded data streams), ``step`` (one optimizer step),
+``train_state`` (checkpoint contents and exact resume), ``budget`` (time=), ``precise_bn``, ``ema``,
+``evaluate``, ``signals`` (SIGTERM as Ctrl-C).
 
 An *iteration* is one optimizer step over ``batch x accumulate x world_size`` images (the original:
 4 per GPU x 8 GPUs x iter_size 4 = 128).
@@ -10,39 +15,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..loss import MultiBoxLoss
 from ..model import DSOD, build_model
-from ..model.norms import CaffeBatchNorm2d, convert_sync_batchnorm
+from ..model.norms import convert_sync_batchnorm
 from ..postprocess import PostProcessor
 from . import distributed as dist_utils
-from . import recipe as recipes
-from .budget import Budget, parse_duration, probe_step_seconds
-from .checkpoint import (load_checkpoint, model_payload, rng_state,
-                         save_checkpoint, set_rng_state)
+from .recipe import SHORT
+from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
+from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
-from .evaluate import autocast_context, run_evaluation
-from .optim import build_optimizer, lr_lambda
+from .evaluate import autocast_context, fitness, metric_columns, run_evaluation
+from .optim import build_schedule, default_lr, default_warmup, lr_lambda
 from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
-from .run import (TrainingError, append_csv, args_dict, next_run_dir, select_device,  # noqa: F401 (re-exported)
-                  write_csv, write_yaml)
+from .run import TrainingError, append_csv, next_run_dir, select_device, write_yaml
 from . import setup
-from .loaders import side_batches, side_seed, train_loader
+from .loaders import side_batches, side_seed, train_loader, val_loader
+from .signals import Interrupted, sigterm_interrupts
 from .step import detection_loss, train_step
-from .train_args import PRECISE_BN_IMAGES, TrainArgs, precise_bn_images  # noqa: F401 (re-exported)
-
-
-class _Interrupted(Exception):
-    pass
+from .train_state import restore_training, run_record, training_payload
+from .train_args import TrainArgs, precise_bn_images
 
 
 class Trainer:
@@ -59,7 +58,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset, collate, eval_transform
+        from ..data import DetectionDataset
 
         self.resume_ckpt = load_checkpoint(self.args.resume) if self.args.resume else None
         a = self.args = setup.resolve_args(self.args, self.resume_ckpt)
@@ -95,15 +94,13 @@ class Trainer:
         # data (the augmentation is set once the recipe is known)
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
         self.train_set = DetectionDataset(train_records, None, train=True)
-        self._set_augment(a.augment or recipes.SHORT.augment)
+        self._set_augment(a.augment or SHORT.augment)
         self.train_loader = train_loader(self.train_set, a.batch, seed=a.seed, rank=self.rank, world=self.world,
                                          workers=a.workers, pin_memory=self.device.type == "cuda")
         self.sampler = self.train_loader.batch_sampler
         self.val_loader = None
         if a.val and self.val_records and self.main:
-            val_set = DetectionDataset(self.val_records, eval_transform(cfg.image_size), train=False)
-            self.val_loader = DataLoader(val_set, batch_size=max(1, a.batch), shuffle=False,
-                                         num_workers=a.workers, collate_fn=collate)
+            self.val_loader = val_loader(self.val_records, cfg.image_size, a.batch, a.workers)
         per_epoch = self.sampler.batches_per_epoch() // a.accumulate
         if per_epoch < 1:
             raise TrainingError(f"batch={a.batch} x accumulate={a.accumulate} x {self.world} process(es) is larger "
@@ -112,9 +109,7 @@ class Trainer:
         self.effective_batch = a.batch * a.accumulate * self.world
         self.precise_images = precise_bn_images(a.precise_bn) if has_batchnorm(self.model) else 0
 
-        self.iteration = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
 
         # length, then the recipe that suits it
         self.budget: Optional[Budget] = None
@@ -126,30 +121,23 @@ class Trainer:
         else:
             self.total_iters = a.iterations or a.epochs * per_epoch
         if self.resume_ckpt is None:
-            try:
-                recipe, reason = recipes.choose(a.recipe, self.total_iters)
-            except ValueError as e:
-                raise TrainingError(str(e)) from None
-            a, filled = recipes.apply(a, recipe)
+            a, note = setup.apply_recipe(a, self.total_iters)
             self.args = a
-            self.notes.append(recipes.describe(recipe, reason, a, filled))
+            self.notes.append(note)
         self._set_augment(a.augment)
         if a.bn_decay is not None:
             self.cfg = self.cfg.replace(bn_decay=a.bn_decay)
-            for m in self.model.modules():
-                if isinstance(m, CaffeBatchNorm2d):
-                    m.decay = a.bn_decay
+            setup.set_bn_decay(self.model, a.bn_decay)
         self.ema = ModelEMA.for_run(self.model, self.total_iters) if a.ema else None
 
         # optimizer and schedule
-        self.lr = a.lr if a.lr is not None else 0.1 * self.effective_batch / 128
-        self.warmup = a.warmup if a.warmup is not None else min(500, self.total_iters // 20)
-        if a.optimizer not in ("sgd", "adamw"):
-            raise TrainingError(f"optimizer={a.optimizer} is not valid; choose one of: sgd, adamw")
-        self.optimizer = build_optimizer(self.model, a.optimizer, self.lr, a.momentum, a.weight_decay,
-                                         a.no_decay_norm)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_iters, self.warmup, a.schedule, a.milestones))
+        self.lr = a.lr if a.lr is not None else default_lr(self.effective_batch)
+        self.warmup = a.warmup if a.warmup is not None else default_warmup(self.total_iters)
+        try:
+            self.optimizer, self.scheduler = build_schedule(self.model, a, self.lr, self.warmup,
+                                                            self.total_iters)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         if self.budget is not None:
             self.val_interval = self.budget.val_interval
@@ -159,13 +147,10 @@ class Trainer:
 
         # state
         self.history: List[Dict[str, Any]] = []
-        self.best_fitness = -1.0
-        self.best_iteration = 0
-        self.bad_steps = 0
-        self.skipped_steps = 0
-        self.stop_reason = ""
+        self.best_fitness, self.best_iteration = -1.0, 0
+        self.bad_steps, self.skipped_steps, self.stop_reason = 0, 0, ""
         if self.resume_ckpt is not None:
-            self._restore(self.resume_ckpt)
+            restore_training(self, self.resume_ckpt)
             self.run_dir = Path(a.resume).resolve().parent.parent
         else:
             self.run_dir = next_run_dir(a.project, a.name, a.exist_ok)
@@ -177,16 +162,7 @@ class Trainer:
                     print(line, flush=True)
 
     def _write_args(self) -> None:
-        from .memory import active_allocator
-        extra = {"data_resolved": self.data_resolved, "effective_batch": self.effective_batch,
-                 "lr_resolved": self.lr, "total_iterations": self.total_iters, "world_size": self.world,
-                 "numerics": self.numerics.describe(), "threads": torch.get_num_threads(),
-                 "allocator": active_allocator(), "decisions": list(self.notes)}
-        if self.budget is not None:
-            extra["budget"] = dataclasses.asdict(self.budget)
-        if self.anchor_fit is not None:
-            extra["anchor_fit"] = self.anchor_fit
-        write_yaml(self.run_dir / "args.yaml", {**args_dict(self.args), **extra})
+        write_yaml(self.run_dir / "args.yaml", run_record(self))
 
     def _set_augment(self, mode: str) -> None:
         from ..data import train_transform
@@ -195,49 +171,22 @@ class Trainer:
     def _plan_budget(self, seconds: float) -> Budget:
         """Time a few steps, estimate an evaluation from them, and plan the run (rank 0 decides)."""
         a = self.args
-        per_process = a.batch
-        steps = 4
-        batches = self._extra_batches(steps + 1, targets=True, stream=7)
-        step_s = probe_step_seconds(self.ddp or self.model, self.model, batches, self._loss_on, steps) * a.accumulate
-        # forward alone ~1/3 of a training step; validation runs on rank 0 only, precise BN on all
-        fwd = step_s / (a.batch * a.accumulate) / 3
+        batches = self._extra_batches(5, targets=True, stream=7)
+        net = self.ddp or self.model
+        step_s = probe_step_seconds(net, self.model, batches, self._loss_on, 4) * a.accumulate
         n_val = len(self.val_records) if (a.val and self.val_records) else 0
-        eval_s = 1.5 * fwd * n_val + fwd * self.precise_images / self.world + 2.0
+        eval_s = estimate_eval_seconds(step_s, a.batch * a.accumulate, n_val, self.precise_images, self.world)
         step_s, eval_s = dist_utils.from_main([step_s, eval_s], self.device)
         budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
         budget.plan(0, time.time() - self.t_start)
         if a.val_interval:
             budget.val_interval = a.val_interval
-        self.notes.append(budget.describe() + f"; per process {per_process} images per step")
+        self.notes.append(budget.describe() + f"; per process {a.batch} images per step")
         return budget
 
     def _loss_on(self, net, images, targets) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return detection_loss(net, self.model, self.criterion, images, targets, self.device, self.memory_format,
                               autocast_context(self.device, self.use_amp, self.use_bf16), self.world)
-
-    def _restore(self, ckpt: Dict[str, Any]) -> None:
-        # "model" holds the weights to evaluate (the EMA's when on) with the BN statistics "bn_stats"
-        # names; "train_bn" the buffers they had before, "train_model" the raw training weights
-        evaluated = self.ema.module if self.ema is not None else self.model
-        if self.ema is not None:
-            self.model.load_state_dict(ckpt["train_model"])
-            self.ema.load_meta(ckpt["ema"])
-        evaluated.load_state_dict(ckpt["model"])
-        if ckpt.get("train_bn"):
-            load_bn_buffers(evaluated, ckpt["train_bn"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.iteration = int(ckpt["iteration"])
-        self.epoch = int(ckpt["epoch"])
-        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
-        self.history = list(ckpt.get("history") or [])
-        self.best_fitness = float(ckpt.get("best_fitness", -1.0))
-        self.best_iteration = int(ckpt.get("best_iteration", 0))
-        if ckpt.get("val_interval"):
-            self.val_interval = int(ckpt["val_interval"])
-        set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -245,31 +194,14 @@ class Trainer:
         """The weights evaluated and saved: the EMA's when on."""
         return self.ema.module if self.ema is not None else self.model
 
-    def _payload(self, metrics: Optional[Dict[str, Any]] = None,
-                 train_bn: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
-        p = model_payload(self.eval_model, self.cfg, self.info.names, self.info.category_ids, metrics)
-        p.update({
-            "bn_stats": f"precise ({self.precise_images} training images)" if train_bn is not None else "running",
-            "weights": "ema" if self.ema is not None else "training",
-            "train_bn": train_bn,
-            "train_model": self.model.state_dict() if self.ema is not None else None,
-            "ema": self.ema.meta() if self.ema is not None else None,
-            "train_args": args_dict(self.args), "iteration": self.iteration, "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.use_amp else None,
-            "rng": rng_state(), "history": self.history, "best_fitness": self.best_fitness,
-            "best_iteration": self.best_iteration, "total_iters": self.total_iters, "val_interval": self.val_interval,
-            "anchor_fit": self.anchor_fit, "dataset_format": self.info.format, "world_size": self.world,
-        })
-        return p
-
     def save_last(self, metrics: Optional[Dict[str, Any]] = None, precise: bool = False) -> None:
         """Write last.pt; ``precise``: with BN statistics re-estimated for these weights (every rank
         must call it then). Periodic crash-safety saves and Ctrl-C keep the running average."""
         train_bn = self._precise_bn() if precise else None
         try:
             if self.main:
-                save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(metrics, train_bn))
+                save_checkpoint(self.run_dir / "weights" / "last.pt",
+                                training_payload(self, metrics, train_bn))
         finally:
             if train_bn is not None:
                 load_bn_buffers(self.eval_model, train_bn)
@@ -295,29 +227,27 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _batches(self):
         """Endless stream of (images, targets), resuming inside an epoch where the state says."""
+        first = self.iteration == 0 and self.main and self.args.plots and self.resume_ckpt is None
         while True:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
             for batch in self.train_loader:
-                if self.iteration == 0 and self.batch_in_epoch == 0 and self.epoch == 0 and self.main \
-                        and self.args.plots and self.resume_ckpt is None:
+                if first:  # what the network sees, as Ultralytics' train_batch0.jpg
                     from .plots import plot_batch
                     plot_batch(*batch, self.info.names, self.run_dir / "train_batch0.jpg")
+                    first = False
                 self.batch_in_epoch += 1
                 yield batch
             self.epoch += 1
             self.batch_in_epoch = 0
 
-    def _set_length(self, total_iters: int, val_interval: int) -> None:
-        """A re-planned run (time=): the schedule stretches to the new length, warm-up kept."""
-        self.total_iters, self.val_interval = max(self.iteration + 1, int(total_iters)), max(1, int(val_interval))
-        fn = lr_lambda(self.total_iters, self.warmup, self.args.schedule, self.args.milestones)
-        self.scheduler.lr_lambdas = [fn] * len(self.optimizer.param_groups)
-
     def _replan(self, step_seconds: float, eval_seconds: float) -> None:
+        """time=: re-plan with what was measured; the schedule stretches to the new length, warm-up kept."""
         b = self.budget
         b.observe(self.iteration, time.time() - self.t_start, step_seconds, eval_seconds)
         total, interval = dist_utils.from_main([b.total_iters, b.val_interval], self.device)
-        self._set_length(total, interval)
+        self.total_iters, self.val_interval = max(self.iteration + 1, int(total)), max(1, int(interval))
+        fn = lr_lambda(self.total_iters, self.warmup, self.args.schedule, self.args.milestones)
+        self.scheduler.lr_lambdas = [fn] * len(self.optimizer.param_groups)
         if self.main and self.args.progress:
             tqdm.write(f"time budget: {step_seconds:.2f} s per iteration, {eval_seconds:.0f} s per evaluation "
                        f"measured -> {self.total_iters} iterations")
@@ -328,56 +258,59 @@ class Trainer:
             self.stop_reason = f"time budget: ending at iteration {self.iteration} with the final evaluation"
             self.total_iters = self.iteration  # the run ends here: evaluated as its last iteration
 
-    def train(self) -> Dict[str, Any]:
+    def _loop(self, bar) -> Dict[str, Any]:
+        """Iterations until the end, the budget, patience or ``stop_at``; the last evaluation's metrics."""
         a = self.args
         net = self.ddp or self.model
         net.train()
         stream = self._batches()
-
-        def on_signal(signum, frame):  # SIGTERM (kill) behaves like Ctrl-C: stop, save, exit
-            raise _Interrupted()
-
-        old_term = signal.signal(signal.SIGTERM, on_signal) if _in_main_thread() else None
-        bar = tqdm(total=self.total_iters, initial=self.iteration, disable=not (self.main and a.progress),
-                   dynamic_ncols=True, desc=f"train {self.cfg.name}")
         t_loop = time.time()
         window: List[float] = []
         metrics: Dict[str, Any] = {}
         step_time, steps_timed = 0.0, 0  # since the last evaluation, for the time budget
         last_eval = self.history[-1]["iteration"] if self.history else 0
+        while self.iteration < min(self.total_iters, a.stop_at or self.total_iters):
+            t0 = time.time()
+            parts = self._step(net, stream)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.iteration += 1
+            dt = time.time() - t0
+            step_time, steps_timed = step_time + dt, steps_timed + 1
+            window = (window + [self.effective_batch / max(1e-9, dt)])[-20:]
+            if parts is not None:
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", loc=f"{parts['loss_loc']:.3f}",
+                                conf=f"{parts['loss_conf']:.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{sorted(window)[len(window) // 2]:.1f}", refresh=False)
+                self._running = parts
+            bar.update(1)
+            if self.budget is not None:
+                self._check_time()
+            if self.iteration - last_eval >= self.val_interval or self.iteration == self.total_iters:
+                t_eval = time.time()
+                metrics = self._evaluate_and_log(time.time() - t_loop)
+                last_eval = self.iteration
+                if self.budget is not None and self.iteration < self.total_iters:
+                    self._replan(step_time / max(1, steps_timed), time.time() - t_eval)
+                    step_time, steps_timed = 0.0, 0
+                    bar.total = self.total_iters
+                if self._out_of_patience():
+                    break
+            elif self.iteration == a.stop_at:
+                self.save_last(precise=True)
+            elif self.iteration % self.save_interval == 0:
+                self.save_last()
+        return metrics
+
+    def train(self) -> Dict[str, Any]:
+        a = self.args
+        bar = tqdm(total=self.total_iters, initial=self.iteration, disable=not (self.main and a.progress),
+                   dynamic_ncols=True, desc=f"train {self.cfg.name}")
         try:
-            while self.iteration < min(self.total_iters, a.stop_at or self.total_iters):
-                t0 = time.time()
-                parts = self._step(net, stream)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.iteration += 1
-                dt = time.time() - t0
-                step_time, steps_timed = step_time + dt, steps_timed + 1
-                window = (window + [self.effective_batch / max(1e-9, dt)])[-20:]
-                if parts is not None:
-                    bar.set_postfix(loss=f"{parts['loss']:.3f}", loc=f"{parts['loss_loc']:.3f}",
-                                    conf=f"{parts['loss_conf']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{sorted(window)[len(window) // 2]:.1f}", refresh=False)
-                    self._running = parts
-                bar.update(1)
-                if self.budget is not None:
-                    self._check_time()
-                if self.iteration - last_eval >= self.val_interval or self.iteration == self.total_iters:
-                    t_eval = time.time()
-                    metrics = self._evaluate_and_log(time.time() - t_loop)
-                    last_eval = self.iteration
-                    if self.budget is not None and self.iteration < self.total_iters:
-                        self._replan(step_time / max(1, steps_timed), time.time() - t_eval)
-                        step_time, steps_timed = 0.0, 0
-                        bar.total = self.total_iters
-                    if self._out_of_patience():
-                        break
-                elif self.iteration == a.stop_at:
-                    self.save_last(precise=True)
-                elif self.iteration % self.save_interval == 0:
-                    self.save_last()
-        except (KeyboardInterrupt, _Interrupted):
+            with sigterm_interrupts():
+                metrics = self._loop(bar)
+        except (KeyboardInterrupt, Interrupted):
             bar.close()
             self.save_last()
             dist_utils.cleanup()
@@ -385,9 +318,6 @@ class Trainer:
                 print(f"\ninterrupted at iteration {self.iteration}/{self.total_iters}; resume with "
                       f"resume={self.run_dir / 'weights' / 'last.pt'}")
             raise KeyboardInterrupt from None
-        finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
         bar.close()
         if self.main and self.stop_reason and a.progress:
             print(self.stop_reason, flush=True)
@@ -455,18 +385,16 @@ class Trainer:
             evaluator = Evaluator(self.info, self.val_records)
             metrics.update(run_evaluation(self.eval_model, self.val_loader, evaluator, self.device, self.postprocessor,
                                           amp=self.use_amp, bf16=self.use_bf16, progress=self.args.progress))
-            row["voc07_map50"] = round(float(metrics.get("voc07_map50", float("nan"))), 5)
-            row["voc_area_map50"] = round(float(metrics.get("voc_area_map50", float("nan"))), 5)
-            row["coco_ap"] = round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)
+            row.update(metric_columns(metrics))
         if self.main:
             self.history.append(row)
             append_csv(self.run_dir / "results.csv", row)
-            fitness = self._fitness(row)
-            is_best = fitness > self.best_fitness
+            fitness_now = fitness(row, self.info.format)
+            is_best = fitness_now > self.best_fitness
             if is_best:
-                self.best_fitness, self.best_iteration = fitness, self.iteration
+                self.best_fitness, self.best_iteration = fitness_now, self.iteration
             summary = {k: row[k] for k in ("voc07_map50", "voc_area_map50", "coco_ap") if k in row}
-            payload = self._payload({**summary, "iteration": self.iteration}, train_bn)
+            payload = training_payload(self, {**summary, "iteration": self.iteration}, train_bn)
             save_checkpoint(self.run_dir / "weights" / "last.pt", payload)
             if is_best:
                 save_checkpoint(self.run_dir / "weights" / "best.pt", payload)
@@ -477,18 +405,6 @@ class Trainer:
                 from .plots import plot_predictions
                 plot_predictions(self.eval_model, self.val_loader, self.postprocessor, self.info.names,
                                  self.run_dir / "val_predictions.jpg", self.device)
-
-    def _fitness(self, row: Dict[str, Any]) -> float:
-        key = "coco_ap" if self.info.format == "coco" else "voc07_map50"
-        v = row.get(key)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return -float(row.get("loss", 0.0))  # no validation: lower training loss is better
-        return float(v)
-
-
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def train(**kwargs) -> Dict[str, Any]:
