@@ -4,10 +4,14 @@ The rules (measured per CPU kind, docs/PERFORMANCE.md "Choosing a backend"):
 
 - a CUDA device: PyTorch on it (``torch``);
 - no ``onnxruntime`` installed: the fused PyTorch path (``fused``; BN folded, channels-last);
-- a CPU with int8 dot products (VNNI, AMX) and an int8 export whose measured VOC07 mAP@0.5 change on
-  the dataset's val split is within ``INT8_MAX_LOSS_POINTS``: ONNX Runtime int8
-  (``onnxruntime-int8``; on AVX2 CPUs int8 is no faster, as their u8 x s8 kernels saturate);
-- otherwise ONNX Runtime fp32 (``onnxruntime``).
+- ONNX Runtime int8 (``onnxruntime-int8``) when the int8 export's measured VOC07 mAP@0.5 change on
+  the dataset's val split is within ``INT8_MAX_LOSS_POINTS`` and int8 pays on this CPU: always with
+  int8 dot products (VNNI, AMX: ~4-5x eager); without them (AVX2, 7-bit weights) only when it measured
+  faster than fp32 here (``int8_speed``: timed once per file and CPU; 2.0x OpenVINO fp32 on DSOD300 on
+  an AMD EPYC Zen 3, no faster on a Zen 1);
+- otherwise fp32 from the exported file (``fp32_engine``): OpenVINO (``openvino``) where it is installed
+  on a CPU without AVX-512 (on the AVX2 EPYC it ran DSOD300 1.36x faster than ONNX Runtime), else ONNX
+  Runtime (``onnxruntime``).
 
 The ONNX files are cached beside the checkpoint (``best.pt`` -> ``best.onnx``, ``best-int8.onnx``, the
 names ``dsod export`` writes) and rebuilt when their recorded ``checkpoint_sha256`` no longer matches
@@ -17,14 +21,17 @@ the checkpoint; where that folder is not writable, in ``~/.cache/dsod/onnx``. Th
 """
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-BACKENDS = ("auto", "torch", "fused", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("auto", "torch", "fused", "onnxruntime", "onnxruntime-int8", "openvino")
 
 
 class BackendError(ValueError):
@@ -46,6 +53,14 @@ class BackendChoice:
 def onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
     except ImportError:
         return False
     return True
@@ -108,6 +123,58 @@ def ensure_int8(checkpoint: Path, digest: str, data: Optional[str] = None, log=p
     return int8
 
 
+def fp32_engine() -> str:
+    """The fp32 engine for exported files: OpenVINO where it is installed and measured faster (CPUs
+    without AVX-512: DSOD300 batch 1 1.36x ONNX Runtime on an AMD EPYC Zen 3); ONNX Runtime elsewhere
+    (on AVX-512 CPUs OpenVINO is not measured yet; ONNX Runtime ran DSOD300 at 1.11x the FLOP floor)."""
+    from .hardware import cpu_flags
+
+    avx512 = "avx512f" in (cpu_flags() or [])
+    return "openvino" if openvino_available() and not avx512 else "onnxruntime"
+
+
+INT8_MIN_SPEEDUP = 1.15  # without int8 dot products: int8 must be this much faster than fp32 to be served
+
+
+def int8_speed(fp32: Path, int8: Path, engine: str, runs: int = 3) -> dict:
+    """Batch-1 latency of the int8 file in ONNX Runtime against the fp32 file in ``engine``, one
+    thread each, interleaved, median of ``runs`` after a warm-up; measured once per (file, CPU) and
+    remembered in ``<int8>.speed.json`` (written atomically)."""
+    from .hardware import cpu_id
+    from .metrics.evaluator import atomic_write_text
+
+    cache = int8.with_suffix(".speed.json")
+    key, digest = cpu_id(), onnx_metadata(int8).get("checkpoint_sha256")
+    try:
+        table = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        table = {}
+    entry = table.get(key)
+    if entry and entry.get("checkpoint_sha256") == digest and entry.get("fp32_engine") == engine:
+        return entry
+    from .runners import OrtRunner
+
+    a, b = OrtRunner(int8, threads=1), OrtRunner(fp32, threads=1, engine=engine)
+    size = int(a.metadata.get("image_size") or 300)
+    x = torch.zeros(1, 3, size, size)
+    times = {"int8": [], "fp32": []}
+    for i in range(runs + 1):
+        for name, runner in (("int8", a), ("fp32", b)):
+            t0 = time.perf_counter()
+            runner(x)
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    entry = {"checkpoint_sha256": digest, "fp32_engine": engine, "cpu": key,
+             "int8_ms": round(1000 * statistics.median(times["int8"]), 2),
+             "fp32_ms": round(1000 * statistics.median(times["fp32"]), 2)}
+    table[key] = entry
+    try:
+        atomic_write_text(cache, json.dumps(table, indent=1))
+    except OSError:
+        pass  # a read-only folder: measured again next time
+    return entry
+
+
 def choose_backend(model: Union[str, Path], requested: str = "auto", device: str = "auto",
                    data: Optional[str] = None, log=print) -> BackendChoice:
     """Which backend runs ``model`` (a checkpoint .pt, or an exported .onnx) and why."""
@@ -120,9 +187,13 @@ def choose_backend(model: Union[str, Path], requested: str = "auto", device: str
     if not path.is_file():
         raise BackendError(f"model={model}: file not found")
     dev = select_device(device)
+    if requested == "openvino" and not openvino_available():
+        raise BackendError("backend=openvino needs openvino (pip install openvino)")
     if path.suffix == ".onnx":
-        if requested not in ("auto", "onnxruntime", "onnxruntime-int8"):
+        if requested not in ("auto", "onnxruntime", "onnxruntime-int8", "openvino"):
             raise BackendError(f"model={path.name} is an ONNX file: backend={requested} needs a checkpoint .pt")
+        if requested == "openvino":
+            return BackendChoice("openvino", torch.device("cpu"), "the ONNX file given, as asked", path)
         if not onnxruntime_available():
             raise BackendError("an .onnx model needs onnxruntime (pip install onnxruntime)")
         int8 = "quantization" in onnx_metadata(path)
@@ -141,25 +212,33 @@ def choose_backend(model: Union[str, Path], requested: str = "auto", device: str
             raise BackendError(f"backend={requested} needs onnxruntime (pip install onnxruntime)")
         return BackendChoice("fused", dev, "onnxruntime is not installed (pip install onnxruntime: about 2x faster)")
     digest = checkpoint_sha256(path)
-    if requested == "onnxruntime":
-        return BackendChoice("onnxruntime", dev, "as asked", ensure_fp32(path, digest, log))
-    if requested == "onnxruntime-int8" or has_int8_dot():
-        int8 = ensure_int8(path, digest, data, log)
-        meta = onnx_metadata(int8) if int8 else {}
-        if requested == "onnxruntime-int8":
-            if int8 is None:
-                raise BackendError(f"backend=onnxruntime-int8: no dataset to calibrate and check it on (give data=, "
-                                   f"or `dsod export model={path} int8=true data=DATASET`)")
-            return BackendChoice("onnxruntime-int8", dev, "as asked", int8)
-        if int8 is not None and meta["map_change"] >= -INT8_MAX_LOSS_POINTS:
-            return BackendChoice("onnxruntime-int8", dev, f"int8 dot products on this CPU; int8 measured "
-                                 f"{meta['map_change']:+.2f} mAP points ({meta.get('weight_bits', '?')}-bit weights)",
-                                 int8)
-        why = ("int8 lost " f"{-meta['map_change']:.2f} mAP points (more than {INT8_MAX_LOSS_POINTS})" if int8
-               else "int8 not measured: no dataset at hand (data=DATASET measures it once)")
-        return BackendChoice("onnxruntime", dev, f"ONNX Runtime fp32; {why}", ensure_fp32(path, digest, log))
-    return BackendChoice("onnxruntime", dev, "ONNX Runtime fp32; no int8 dot products (VNNI/AMX) on this CPU, where "
-                         "int8 would be no faster", ensure_fp32(path, digest, log))
+    if requested in ("onnxruntime", "openvino"):
+        return BackendChoice(requested, dev, "as asked", ensure_fp32(path, digest, log))
+    engine = fp32_engine()
+    int8 = ensure_int8(path, digest, data, log)
+    meta = onnx_metadata(int8) if int8 else {}
+    if requested == "onnxruntime-int8":
+        if int8 is None:
+            raise BackendError(f"backend=onnxruntime-int8: no dataset to calibrate and check it on (give data=, "
+                               f"or `dsod export model={path} int8=true data=DATASET`)")
+        return BackendChoice("onnxruntime-int8", dev, "as asked", int8)
+    fp32_name = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}[engine]
+    if int8 is None:
+        why = "int8 not measured: no dataset at hand (data=DATASET measures it once)"
+    elif meta["map_change"] < -INT8_MAX_LOSS_POINTS:
+        why = f"int8 lost {-meta['map_change']:.2f} mAP points (more than {INT8_MAX_LOSS_POINTS})"
+    else:
+        accuracy = f"int8 measured {meta['map_change']:+.2f} mAP points ({meta.get('weight_bits', '?')}-bit weights)"
+        if has_int8_dot():
+            return BackendChoice("onnxruntime-int8", dev, f"int8 dot products on this CPU; {accuracy}", int8)
+        speed = int8_speed(ensure_fp32(path, digest, log), int8, engine)
+        ratio = speed["fp32_ms"] / max(1e-9, speed["int8_ms"])
+        timing = f"{ratio:.2f}x {fp32_name} fp32 at batch 1 here"
+        if ratio >= INT8_MIN_SPEEDUP:
+            return BackendChoice("onnxruntime-int8", dev, f"no int8 dot products, but int8 measured {timing}; "
+                                 f"{accuracy}", int8)
+        why = f"int8 only {timing} (no int8 dot products on this CPU)"
+    return BackendChoice(engine, dev, f"{fp32_name} fp32; {why}", ensure_fp32(path, digest, log))
 
 
 def open_runner(choice: BackendChoice, model=None, threads: Optional[int] = None):
@@ -168,4 +247,4 @@ def open_runner(choice: BackendChoice, model=None, threads: Optional[int] = None
 
     if choice.name in ("torch", "fused"):
         return TorchRunner(model, choice.device, fused=choice.name == "fused")
-    return OrtRunner(choice.path, threads=threads)
+    return OrtRunner(choice.path, threads=threads, engine="openvino" if choice.name == "openvino" else "onnxruntime")

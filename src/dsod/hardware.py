@@ -55,3 +55,15 @@ def cpu_summary() -> Dict[str, object]:
     flags = cpu_flags(text) or []
     wanted = ("avx2", "avx512f", *INT8_BF16_ISA)
     return {"model": name, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags]}
+
+
+def cpu_id() -> str:
+    """One line that tells CPU kinds apart (the model name alone does not: "AMD EPYC" is every Zen):
+    model name, family/model numbers and the fast-path flags. Keys speed measurements per CPU."""
+    text = _cpuinfo() or ""
+
+    def field(key: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.split(":")[0].strip() == key), "?")
+
+    s = cpu_summary()
+    return f"{s['model']} (family {field('cpu family')} model {field('model')}; {'+'.join(s['isa']) or 'no AVX2'})"

@@ -1,7 +1,9 @@
-"""ONNX Runtime inference for models written by ``dsod export`` (the ``onnxruntime`` predict backend).
+"""ONNX Runtime and OpenVINO inference for models written by ``dsod export`` (the ``onnxruntime`` and
+``openvino`` backends).
 
-    from dsod.onnx_backend import OnnxDetector
+    from dsod.onnx_backend import OnnxDetector, OpenVinoDetector
     det = OnnxDetector("best.onnx")                       # fp32 or the int8 "best-int8.onnx"
+    det = OpenVinoDetector("best.onnx")                   # the same file in OpenVINO's CPU plugin
     boxes, scores = det.predict(batch)                    # batch: (N, 3, S, S) float32, BGR minus mean
 
 The full pipeline (preprocessing, post-processing, class names) is ``dsod.predict.Detector``, which
@@ -61,6 +63,47 @@ class OnnxDetector:
 
     def predict(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(N, 3, S, S) float32 BGR minus mean -> boxes (N, A, 4) xyxy in [0, 1], scores (N, A, C)."""
+        out = self.run(batch)
+        return out["boxes"], out["scores"]
+
+
+class OpenVinoDetector:
+    """The same exported file compiled by OpenVINO's CPU plugin (``pip install openvino``): it reads
+    the ONNX graph directly (no conversion step) and picks its own kernels for the CPU it finds; on
+    the AVX2 EPYC it ran DSOD300 fp32 ~1.4x faster than ONNX Runtime (docs/PERFORMANCE.md).
+
+    Args:
+        path: the .onnx file.
+        threads: inference threads (None: OpenVINO's default, one per core).
+    """
+
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: ONNX model not found (write one with `dsod export`)")
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.metadata: Dict[str, Any] = read_metadata(self.path)
+        side = self.compiled.input(0).get_partial_shape()[-1]
+        self.image_size = int(self.metadata.get("image_size") or side.get_length())
+        self.names: List[str] = list(self.metadata.get("names") or [])
+        self.has_nms = "selected" in self.output_names
+
+    def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        out = self.request.infer({0: batch})
+        # copies: the request's output buffers are reused by the next call
+        return {name: np.array(out[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
+
+    def predict(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         out = self.run(batch)
         return out["boxes"], out["scores"]
 

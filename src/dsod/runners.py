@@ -8,6 +8,7 @@ check of ``dsod export`` all go through a runner, so each measures or serves the
     TorchRunner(model)                  eager PyTorch, on any device
     TorchRunner(model, fused=True)      ``dsod.model.fast.fuse_for_inference`` (BN folded, CPU fast path)
     OrtRunner("best.onnx")              ONNX Runtime (fp32 or int8 files written by ``dsod export``)
+    OrtRunner("best.onnx", engine="openvino")  the same file in OpenVINO
 """
 from __future__ import annotations
 
@@ -46,14 +47,17 @@ class TorchRunner:
 
 
 class OrtRunner:
-    """An exported model in ONNX Runtime; ``metadata`` is the file's (names, image_size, int8 figures)."""
+    """An exported model in ONNX Runtime (``engine="onnxruntime"``) or OpenVINO (``"openvino"``);
+    ``metadata`` is the file's (names, image_size, int8 figures)."""
 
-    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
-        from .onnx_backend import OnnxDetector
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None, engine: str = "onnxruntime"):
+        from .onnx_backend import OnnxDetector, OpenVinoDetector
 
-        self.session = OnnxDetector(path, threads=threads)
+        if engine not in ("onnxruntime", "openvino"):
+            raise ValueError(f"engine={engine}: valid: onnxruntime, openvino")
+        self.session = (OpenVinoDetector if engine == "openvino" else OnnxDetector)(path, threads=threads)
         self.metadata: Dict[str, Any] = self.session.metadata
-        self.name = "onnxruntime-int8" if "quantization" in self.metadata else "onnxruntime"
+        self.name = engine + ("-int8" if "quantization" in self.metadata else "")
 
     def __call__(self, x: torch.Tensor) -> Decoded:
         boxes, scores = self.session.predict(np.ascontiguousarray(x.numpy(), dtype=np.float32))

@@ -15,7 +15,8 @@ Keys (declared in ``dsod.cli.options``; ``bench_main`` takes parsed values, miss
     json       write the results there.
     batch      the large batch (default 8; batch 1 is always measured).
     runs       timed repetitions per measurement (default 5; warm-up 2 more).
-    backends   comma-separated backends for our model (default eager,fused,onnxruntime,onnxruntime-int8):
+    backends   comma-separated backends for our model (default eager,fused,onnxruntime,onnxruntime-int8,
+               openvino; openvino only where it is installed):
                eager            the model as trained (NCHW, fp32);
                eager-cl         eager in channels-last;
                fused            ``dsod.model.fast.fuse_for_inference`` (BN folded, channels-last,
@@ -23,6 +24,7 @@ Keys (declared in ``dsod.cli.options``; ``bench_main`` takes parsed values, miss
                fused-nchw       the same in NCHW (to show what channels-last brings);
                onnxruntime      ``dsod export`` graph (fp32) in ONNX Runtime;
                onnxruntime-int8 its static int8 quantisation, calibrated on ``data`` images;
+               openvino         the fp32 graph in OpenVINO's CPU plugin; openvino-int8 the int8 file in it;
                bf16             eager under bfloat16 autocast.
                Peers always run eager (NCHW fp32, as torchvision builds them).
     imgsz      input size for our model (default: the model's).
@@ -77,8 +79,9 @@ from ..peers import PEERS
 from ..peers import Peer as _Peer
 from .timing import conv_ceiling, count_macs_fn, interleaved, pick_threads
 
-DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8")
-ALL_BACKENDS = ("eager", "eager-cl", "fused", "fused-nchw", "onnxruntime", "onnxruntime-int8", "bf16")
+DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8", "openvino")
+ALL_BACKENDS = ("eager", "eager-cl", "fused", "fused-nchw", "onnxruntime", "onnxruntime-int8", "openvino",
+                "openvino-int8", "bf16")
 DEFAULTS: Dict[str, Any] = {
     "model": "dsod300", "compare": ",".join(PEERS), "json": None, "batch": 8, "runs": 5,
     "backends": ",".join(DEFAULT_BACKENDS), "imgsz": None, "data": None, "threads": "auto", "threads_sweep": True,
@@ -124,21 +127,26 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x)
         return run, {"dtype": "bfloat16 autocast"}
-    if name in ("onnxruntime", "onnxruntime-int8"):
+    if name in ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"):
         from ..export import export_onnx, quantize_int8, weight_bits
-        from ..onnx_backend import OnnxDetector
+        from ..onnx_backend import OnnxDetector, OpenVinoDetector
 
         fp32 = workdir / "model.onnx"
         if not fp32.exists():
             export_onnx(fuse_for_inference(model, channels_last=False, mkldnn_fusion=False), fp32, imgsz)
         path, notes = fp32, {"graph": "fused, fp32"}
-        if name == "onnxruntime-int8":
+        if name.endswith("-int8"):
             path = workdir / "model-int8.onnx"
             t0 = time.perf_counter()
-            quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
+            if not path.exists():
+                quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
             notes = {"graph": f"int8 QDQ (static, minmax, {weight_bits()}-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
-        det = OnnxDetector(path, threads=torch.get_num_threads())
+        engine = OpenVinoDetector if name.startswith("openvino") else OnnxDetector
+        try:
+            det = engine(path, threads=torch.get_num_threads())
+        except ImportError:
+            raise BenchError(f"backend {name} needs openvino (pip install openvino)") from None
         return (lambda x: det.predict(x.numpy())), notes
     raise BenchError(f"unknown backend '{name}'; valid: {', '.join(ALL_BACKENDS)}")
 
@@ -158,10 +166,11 @@ def _split(v: Any) -> List[str]:
     return [s.strip() for s in str(v).split(",") if s.strip() and s.strip().lower() != "none"]
 
 
-def recommended(spec: str) -> Dict[str, str]:
+def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, str]:
     """What ``backend=auto`` runs ``spec`` on here: for a checkpoint, ``dsod.backends.choose_backend``
-    (which may export it, once); for a preset, its rules without a measured int8 accuracy."""
-    from ..backends import choose_backend, onnxruntime_available
+    (which may export it, once); for a preset, its rules without a measured int8 accuracy, with this
+    run's timings (``measured``: backend -> result) standing in for its int8 speed check."""
+    from ..backends import INT8_MIN_SPEEDUP, choose_backend, fp32_engine, onnxruntime_available
     from ..export import has_int8_dot
 
     if str(spec).endswith(".pt") and Path(spec).is_file():
@@ -172,7 +181,15 @@ def recommended(spec: str) -> Dict[str, str]:
     if has_int8_dot():
         return {"backend": "onnxruntime-int8", "reason": "int8 dot products on this CPU; for a checkpoint only if "
                 "its measured mAP change is within 0.5 points (else onnxruntime)"}
-    return {"backend": "onnxruntime", "reason": "no int8 dot products (VNNI/AMX) on this CPU"}
+    fp32 = fp32_engine()
+    m = measured or {}
+    if "onnxruntime-int8" in m and fp32 in m:
+        ratio = m[fp32]["latency_ms_b1"] / m["onnxruntime-int8"]["latency_ms_b1"]
+        if ratio >= INT8_MIN_SPEEDUP:
+            return {"backend": "onnxruntime-int8", "reason": f"no int8 dot products, but int8 measured {ratio:.2f}x "
+                    f"{fp32} fp32 here (7-bit weights); for a checkpoint only if its mAP change is within 0.5 points"}
+        return {"backend": fp32, "reason": f"no int8 dot products; int8 only {ratio:.2f}x {fp32} fp32 here"}
+    return {"backend": fp32, "reason": "no int8 dot products (VNNI/AMX) on this CPU; int8 speed not measured"}
 
 
 def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
@@ -194,6 +211,9 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     name = str(opts.get("model", "dsod300"))
     peers = _split(opts.get("compare", ",".join(PEERS)))
     backends = _split(opts.get("backends", ",".join(DEFAULT_BACKENDS)))
+    if opts.get("backends") == DEFAULTS["backends"]:  # the default list: what is installed
+        from ..backends import openvino_available
+        backends = [b for b in backends if openvino_available() or not b.startswith("openvino")]
     batch = int(opts.get("batch", 8))
     runs = int(opts.get("runs", 5))
     model, cfg = load_ours(name, opts.get("imgsz"))
@@ -321,10 +341,9 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
         results.setdefault(m, {})[be] = e
     report["results"] = results
     tmp.cleanup()
-    report["recommended"] = recommended(name)
+    report["recommended"] = recommended(name, results.get(label))
     rec = report["recommended"]["backend"]
-    key = {"onnxruntime": "onnxruntime", "onnxruntime-int8": "onnxruntime-int8", "fused": "fused",
-           "torch": "eager"}.get(rec)
+    key = {"torch": "eager"}.get(rec, rec)
     if key in results.get(label, {}):
         report["recommended"]["ratio_vs"] = results[label][key]["ratio_vs"]
         pp_share = results[label][key]["postprocess_ms_b1"] / results[label][key]["latency_ms_b1"]

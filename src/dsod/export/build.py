@@ -102,11 +102,11 @@ def write_int8(fp32_path: Path, out: Path, calib: np.ndarray, *, spec=None, spli
     figures: Dict[str, Any] = {"quantize_s": round(time.perf_counter() - t0, 1)}
     if spec is not None and split in spec.splits:
         figures.update(int8_accuracy(fp32_path, out, spec, split, threads=threads))
-        _add_metadata(out, {k: v for k, v in figures.items() if k != "quantize_s"})
+        add_metadata(out, {k: v for k, v in figures.items() if k != "quantize_s"})
     return figures
 
 
-def _add_metadata(path: Path, entries: Dict[str, Any]) -> None:
+def add_metadata(path: Path, entries: Dict[str, Any]) -> None:
     import json
     import os
 
