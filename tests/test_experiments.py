@@ -43,7 +43,7 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     """torchvision's Faster R-CNN around the cpu-dsod backbone: its training losses fall on 4 real
     BCCD images, and evaluation maps its boxes back to original pixels for the evaluator."""
     from dsod.data import DetectionDataset, build_dataloader, eval_transform, load_dataset
-    from dsod.experiments.frcnn import _targets, build_faster_rcnn, evaluate
+    from dsod.experiments.frcnn import torchvision_targets, build_faster_rcnn, evaluate
     from dsod.metrics import Evaluator
 
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
-        loss = sum(model(list(images), _targets(targets, 160)).values())
+        loss = sum(model(list(images), torchvision_targets(targets, 160)).values())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -30,7 +30,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(img)
 
 
-def _draw_image(rng: np.random.Generator, size: int, max_objects: int) -> Tuple[Image.Image, List[tuple]]:
+def draw_image(rng: np.random.Generator, size: int, max_objects: int) -> Tuple[Image.Image, List[tuple]]:
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     objects = []
@@ -89,7 +89,7 @@ def make_synthetic_voc(root: Path, num_train: int = 400, num_val: int = 100, siz
     for split, n in (("train", num_train), ("val", num_val)):
         for i in range(n):
             name = f"{split}_{i:05d}"
-            img, objects = _draw_image(rng, size, max_objects)
+            img, objects = draw_image(rng, size, max_objects)
             img.save(tmp / "JPEGImages" / f"{name}.jpg", quality=92)
             (tmp / "Annotations" / f"{name}.xml").write_text(_voc_xml(name, size, objects))
             ids[split].append(name)

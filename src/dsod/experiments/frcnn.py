@@ -1,4 +1,4 @@
-"""The paper's proposal-based comparison (spec §3.2: Faster R-CNN and R-FCN "failed to converge" from
+"""The paper's proposal-based comparison (ORIGINAL.md §3.2: Faster R-CNN and R-FCN "failed to converge" from
 scratch with VGG, ResNet and DS/64-192-48-1 backbones), at CPU scale.
 
 torchvision's ``FasterRCNN`` (RPN + RoIAlign + two-FC box head; written by torchvision, not by us)
@@ -56,7 +56,7 @@ def build_faster_rcnn(cfg: ModelConfig, num_classes: int) -> nn.Module:
     size = cfg.image_size
     return FasterRCNN(
         backbone, min_size=size, max_size=size,
-        # the inputs are already DSOD's (BGR minus the mean, spec §1.1): no second normalisation
+        # the inputs are already DSOD's (BGR minus the mean, ORIGINAL.md §1.1): no second normalisation
         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
         rpn_anchor_generator=AnchorGenerator(((16, 32, 64, 128),), ((0.5, 1.0, 2.0),)),
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
@@ -66,7 +66,7 @@ def build_faster_rcnn(cfg: ModelConfig, num_classes: int) -> nn.Module:
         box_batch_size_per_image=128, box_score_thresh=0.01, box_detections_per_img=200)
 
 
-def _targets(targets: List[Dict[str, Any]], size: int) -> List[Dict[str, torch.Tensor]]:
+def torchvision_targets(targets: List[Dict[str, Any]], size: int) -> List[Dict[str, torch.Tensor]]:
     # dataset: boxes normalised to [0, 1], labels 0-based; torchvision: pixels, 0 = background
     return [{"boxes": t["boxes"] * size, "labels": t["labels"] + 1} for t in targets]
 
@@ -90,7 +90,7 @@ def _loss_fn(model: nn.Module, size: int):
     """``engine.step.train_step``'s loss: torchvision's four losses, summed (its own normalisation),
     with the box terms (RPN + head) as ``loss_loc`` and the objectness + classifier as ``loss_conf``."""
     def loss(images, targets):
-        parts = model(list(images), _targets(targets, size))
+        parts = model(list(images), torchvision_targets(targets, size))
         loc = parts["loss_box_reg"] + parts["loss_rpn_box_reg"]
         conf = parts["loss_classifier"] + parts["loss_objectness"]
         return loc + conf, {"loss": loc + conf, "loss_loc": loc, "loss_conf": conf}

@@ -41,10 +41,10 @@ def load_batch(source: Optional[str], n: int, imgsz: int, seed: int = 0) -> Tupl
         except ImageError as e:
             raise ExportError(str(e)) from None
         return batch, f"{len(files)} images from {src}"
-    from ..synthetic import _draw_image
+    from ..synthetic import draw_image
 
     rng = np.random.default_rng(seed)
-    imgs = [np.asarray(_draw_image(rng, imgsz, 4)[0]) for _ in range(n)]
+    imgs = [np.asarray(draw_image(rng, imgsz, 4)[0]) for _ in range(n)]
     return np.stack([preprocess_rgb(im, imgsz) for im in imgs]), f"{n} synthetic images (no data= given)"
 
 
