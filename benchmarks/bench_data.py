@@ -1,4 +1,4 @@
-"""Throughput of the DSOD training data pipeline (decode + SSD augmentation, spec §1.8 + collate).
+"""Throughput of the DSOD training data pipeline (decode + SSD augmentation, ORIGINAL.md §1.8 + collate).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py          # bccd, chess_rf100, coco128
     .venv/bin/python benchmarks/bench_data.py --data path/to/data.yaml --size 512 --workers 0 2 4

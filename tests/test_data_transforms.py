@@ -1,5 +1,5 @@
-"""SSD augmentation (spec §1.8), network-input normalisation (spec §1.1), the Dataset contract and
-seeded multi-worker loading, on real BCCD/COCO128 images."""
+"""SSD augmentation (docs/ORIGINAL.md §1.8), network-input normalisation (§1.1), the Dataset contract
+and seeded multi-worker loading, on real BCCD/COCO128 images."""
 import numpy as np
 import pytest
 import torch
@@ -51,7 +51,7 @@ def test_eval_transform_is_bgr_minus_mean_and_normalised_boxes():
     image, target = sample(480, 640, boxes=((64, 48, 320, 240),), value=(200, 100, 50))  # RGB
     x, t = eval_transform(300)(image, target)
     assert x.shape == (3, 300, 300) and x.dtype == torch.float32
-    # channel 0 is blue: 50 - 104; 1 green: 100 - 117; 2 red: 200 - 123 (spec §1.1, no std)
+    # channel 0 is blue: 50 - 104; 1 green: 100 - 117; 2 red: 200 - 123 (ORIGINAL.md §1.1, no std)
     assert torch.allclose(x.mean((1, 2)), torch.tensor([50 - PIXEL_MEAN_BGR[0], 100 - PIXEL_MEAN_BGR[1],
                                                         200 - PIXEL_MEAN_BGR[2]]))
     assert torch.allclose(t["boxes"], torch.tensor([[0.1, 0.1, 0.5, 0.5]]))

@@ -1,4 +1,4 @@
-"""Default (prior) boxes with SSD ``PriorBox`` semantics (spec §1.5).
+"""Default (prior) boxes with SSD ``PriorBox`` semantics (ORIGINAL.md §1.5).
 
 Derived from the feature-map sizes the network actually produces (see ``model.factory``), never from
 a hand-kept list. Order: source, row, column, then per location
@@ -24,7 +24,7 @@ from .config import AnchorConfig
 
 def ssd_sizes(image_size: int, num_sources: int, size_ratios: Tuple[int, int],
               first_sizes: Tuple[float, float]) -> Tuple[List[float], List[float]]:
-    """Min/max box sizes in pixels by the rule of SSD's ``ssd_pascal.py`` (spec §1.5).
+    """Min/max box sizes in pixels by the rule of SSD's ``ssd_pascal.py`` (ORIGINAL.md §1.5).
 
     For 300 px and 6 sources: min 30, 60, 111, 162, 213, 264; max 60, 111, 162, 213, 264, 315.
     """

@@ -1,4 +1,4 @@
-"""SSD CENTER_SIZE box coding with variances (spec §1.5, §1.6).
+"""SSD CENTER_SIZE box coding with variances (ORIGINAL.md §1.5, §1.6).
 
 For a ground-truth box g and a default box d (both cxcywh, normalised), with variances (v_c, v_s):
 

@@ -6,7 +6,7 @@ Conventions fixed once for the whole package:
 - dataset boxes are ``xyxy`` in pixels; default boxes and regression targets are ``cxcywh``
   normalised to [0, 1] of the network input.
 - network input: float tensor (N, 3, H, W), BGR, 0-255 minus the mean (104, 117, 123), no std
-  scaling (spec §1.1, the original Caffe data layer).
+  scaling (ORIGINAL.md §1.1, the original Caffe data layer).
 
 Presets live here (not in the CLI) so that the Python API and the CLI build exactly the same models;
 ``build_model`` in ``dsod.model.factory`` is the only place a config becomes modules.
@@ -23,7 +23,7 @@ PIXEL_MEAN_BGR = (104.0, 117.0, 123.0)
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    """Default-box settings (SSD PriorBox semantics, spec §1.5).
+    """Default-box settings (SSD PriorBox semantics, ORIGINAL.md §1.5).
 
     Sizes follow SSD's ``ssd_pascal.py`` rule: with ``m`` sources, step = floor((max-min)/(m-2)),
     min sizes at ratios min, min+step, ... (percent of the input), each max size one step further,
@@ -39,8 +39,8 @@ class AnchorConfig:
     # DSOD300 sets SSD's (8, 16, 32, 64, 100, 300) to reproduce the original, 2x2 quirk included.
     steps: Optional[Tuple[float, ...]] = None
     offset: float = 0.5
-    clip: bool = False  # spec §1.5: clip false
-    variances: Tuple[float, float] = (0.1, 0.2)  # centre, size (spec §1.5)
+    clip: bool = False  # ORIGINAL.md §1.5: clip false
+    variances: Tuple[float, float] = (0.1, 0.2)  # centre, size (ORIGINAL.md §1.5)
     # Explicit min/max size per source in percent of the input, both or neither. None -> the SSD rule
     # above. Set by ``model.anchor_fit`` (``anchors=auto``): sizes fitted to a dataset follow no
     # two-number rule, and an explicit list keeps a fitted checkpoint self-contained (older
@@ -55,13 +55,13 @@ class ModelConfig:
     B = ``bottleneck_width``, k = ``growth_rate``, theta = ``compression``."""
 
     name: str = "dsod300"
-    # "dsod" (stem + dense blocks, spec §1.2) or "vgg": SSD's VGG-16 with BN, for the paper's SSD300
+    # "dsod" (stem + dense blocks, ORIGINAL.md §1.2) or "vgg": SSD's VGG-16 with BN, for the paper's SSD300
     # from-scratch comparison (model/vgg.py); ``vgg_width`` scales its channels.
     backbone: str = "dsod"
     vgg_width: float = 1.0
     num_classes: int = 21  # including background (VOC: 20 + 1)
-    image_size: int = 300  # square warp-resized input (spec §1.7/§1.8)
-    # --- backbone (spec §1.2) ---
+    image_size: int = 300  # square warp-resized input (ORIGINAL.md §1.7/§1.8)
+    # --- backbone (ORIGINAL.md §1.2) ---
     stem: bool = True  # True: 3x3 s2 (A), 3x3 (A), 3x3 (2A), maxpool; False: DenseNet's 7x7 s2 + 3x3 pool
     stem_channels: int = 64  # A: width of the first conv
     growth_rate: int = 48  # k: channels each dense layer adds
@@ -72,19 +72,19 @@ class ModelConfig:
     transition_pooling: Tuple[bool, ...] = (True, True, False, False)
     compression: float = 1.0  # theta: transition output = floor(theta * input channels)
     depthwise: bool = False  # Tiny-DSOD-style depthwise 3x3 convs in dense layers, neck and heads
-    # --- prediction structure (spec §1.3) ---
+    # --- prediction structure (ORIGINAL.md §1.3) ---
     prediction: str = "dense"  # "dense" (learned half + reused half) or "plain" (SSD-style chain)
     # [0]: width of each half of scale 2 (learned: last transition; reused: pool(First) -> 1x1);
     # [1:]: width n of each LHRH block after it (one more source each). Plain uses 2n-wide extras.
     prediction_widths: Tuple[int, ...] = (256, 256, 128, 128, 128)
     # --- normalisation ---
     norm: str = "bn"  # "bn" (Caffe-style BatchNorm) or "gn" (GroupNorm, for tiny per-device batches)
-    # Caffe moving_average_fraction (spec §1.1). We reproduce Caffe's bias-corrected running average
+    # Caffe moving_average_fraction (ORIGINAL.md §1.1). We reproduce Caffe's bias-corrected running average
     # (see layers.CaffeBatchNorm2d) rather than PyTorch momentum 0.001, which would leave the running
     # statistics near their initial values for the first thousands of iterations.
     bn_decay: float = 0.999
-    head_bn_eps: float = 1e-3  # spec §1.4
-    l2norm_init: float = 20.0  # spec §1.4, all sources
+    head_bn_eps: float = 1e-3  # ORIGINAL.md §1.4
+    l2norm_init: float = 20.0  # ORIGINAL.md §1.4, all sources
     # Memory-efficient dense blocks (training only): recompute each dense layer's concat + BN + ReLU
     # in backward instead of storing them (torch.utils.checkpoint, convolutions are never re-run).
     # Same parameters and outputs; DSOD300 training memory per image 0.39 -> 0.13 GB (peak RSS, with
@@ -132,7 +132,7 @@ def _ablation(name: str, **kw) -> ModelConfig:
     return DSOD300.replace(name=name, **kw)
 
 
-# Paper ablation (spec §3.1), one preset per row, cumulative. The baseline's "3 dense blocks" is read
+# Paper ablation (ORIGINAL.md §3.1), one preset per row, cumulative. The baseline's "3 dense blocks" is read
 # as blocks 1-3 of DSOD300 with a final 1x1 transition; its stem is DenseNet's 7x7 conv + pool.
 _A = dict(stem=False, stem_channels=32, bottleneck_width=12, growth_rate=16, prediction="plain")
 ABLATION = {

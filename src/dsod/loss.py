@@ -1,4 +1,4 @@
-"""SSD MultiBoxLoss as configured by DSOD (spec §1.6).
+"""SSD MultiBoxLoss as configured by DSOD (ORIGINAL.md §1.6).
 
 Per image: match default boxes to ground truth (``dsod.matching``), Smooth-L1 on the encoded offsets
 of the positives, softmax cross-entropy on the positives plus the hardest negatives (``MAX_NEGATIVE``

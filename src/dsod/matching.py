@@ -1,4 +1,4 @@
-"""Default-box matching of SSD's MultiBoxLoss (``PER_PREDICTION``, spec §1.6).
+"""Default-box matching of SSD's MultiBoxLoss (``PER_PREDICTION``, ORIGINAL.md §1.6).
 
 1. Bipartite step: greedily take the highest-IoU (ground truth, default box) pair among those still
    unmatched, assign it, remove both, repeat until every ground truth has a box (or overlaps none).

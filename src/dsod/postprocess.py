@@ -1,4 +1,4 @@
-"""Detection output (spec §1.7, Caffe ``DetectionOutput``): softmax, decode, per-class score
+"""Detection output (ORIGINAL.md §1.7, Caffe ``DetectionOutput``): softmax, decode, per-class score
 threshold (0.01) and top-k (400), per-class NMS (0.45, torchvision's batched NMS), keep the best 200
 per image. Vectorised over classes; one loop over images."""
 from __future__ import annotations

@@ -6,7 +6,7 @@ Decoding is PIL's. What we normalise, and why:
   ``image_size`` reports the size *after* the transpose (readers store that size in the record).
 - **Any mode -> RGB** (grayscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit). The pipeline keeps
   RGB through augmentation (hue and saturation need it) and reverses the channels to BGR only in the
-  final normalisation (spec §1.1: the network sees BGR 0-255 minus the mean).
+  final normalisation (ORIGINAL.md §1.1: the network sees BGR 0-255 minus the mean).
 - **Decompression bombs**: images above ``MAX_PIXELS`` (100 MP) are refused before decoding. PIL's own
   guard (a warning above ~89 MP, an error above ~179 MP) is caught and reported the same way.
 """
@@ -176,5 +176,5 @@ def _draft(img: Image.Image, min_size: Tuple[int, int]) -> None:
 
 
 def load_image_bgr(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Like ``load_image`` but in the network's channel order, BGR (spec §1.1)."""
+    """Like ``load_image`` but in the network's channel order, BGR (ORIGINAL.md §1.1)."""
     return np.ascontiguousarray(load_image(path, max_pixels)[..., ::-1])

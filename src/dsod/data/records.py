@@ -17,7 +17,7 @@ the first files and the likely fix; ``all_problems`` keeps every line.
 
 Box conventions (all readers, see ``check_boxes``): boxes are ``xyxy`` float32 in original-image
 pixels. VOC coordinates are kept exactly as written in the XML: the devkit's 1-based pixel indices
-are *not* shifted by 1, as in SSD/DSOD's Caffe data preparation (spec §1.8 data layer reads the XML
+are *not* shifted by 1, as in SSD/DSOD's Caffe data preparation (ORIGINAL.md §1.8 data layer reads the XML
 values unchanged); the evaluator computes IoU on these same boxes, so the choice cannot bias mAP.
 Zero-size boxes are skipped; inverted boxes (x2 < x1 or y2 < y1, e.g. a negative COCO width) are
 skipped, not swapped: they mean the annotation is broken, and guessing would train on a wrong box;

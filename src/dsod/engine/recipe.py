@@ -2,7 +2,7 @@
 
 Two recipes, both measured (docs/RESULTS.md "Recipes"):
 
-- ``paper``: the original solver (spec §1.9): SGD momentum 0.9, lr 0.1 at an effective batch of 128
+- ``paper``: the original solver (ORIGINAL.md §1.9): SGD momentum 0.9, lr 0.1 at an effective batch of 128
   (scaled linearly), weight decay 5e-4 on everything but the heads' BN, multistep x0.1 at 20/40/60/80%
   of the run, the full SSD augmentation, Caffe's BN decay 0.999. Made for 100k iterations on 8 GPUs.
 - ``short``: what measured best for runs of a few hundred to a few thousand iterations on CPU: AdamW

@@ -50,8 +50,8 @@ class TrainArgs:
     optimizer: Optional[str] = None  # sgd (the paper's) | adamw (faster to converge on short runs)
     momentum: float = 0.9
     weight_decay: Optional[float] = None  # paper: 5e-4; short: 0.05
-    # ssd: the SSD augmentation (spec §1.8; True means this) | light: milder, for short CPU runs on small
-    # data (data.transforms.train_transform) | none (or False): warp-resize only (overfitting checks)
+    # ssd: the SSD augmentation (ORIGINAL.md §1.8; True means this) | light: milder, for short CPU runs
+    # on small data (data.transforms.train_transform) | none (or False): warp-resize only (overfitting checks)
     augment: Any = None
     flipud: float = 0.0  # probability of a vertical flip too (micrographs, aerial images)
     no_decay_norm: Optional[bool] = None  # exempt BN/GN/L2Norm parameters from weight decay

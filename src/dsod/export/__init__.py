@@ -14,7 +14,7 @@ calibration images), ``quantize`` (int8), ``build`` (the verified steps ``backen
     out       output path (default: the checkpoint's path with ``.onnx``).
     nms       add ONNX NonMaxSuppression (default False): extra output ``selected`` (K, 3) int64 rows
               [image, class, box]; per class at most ``max_det`` boxes, IoU ``iou``, score > ``conf``.
-    conf, iou, max_det   NMS settings baked into the graph when nms=True (0.01, 0.45, 200: spec §1.7).
+    conf, iou, max_det   NMS settings baked into the graph when nms=True (0.01, 0.45, 200: ORIGINAL.md §1.7).
     opset     ONNX opset (default 17).
     imgsz     input size (default: the checkpoint's); the batch dimension is always dynamic.
     graph     ``fused`` (default: BN folded into convs, see ``dsod.model.fast``) or ``plain`` (the

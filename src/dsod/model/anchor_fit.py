@@ -1,6 +1,6 @@
 """Default boxes fitted to the data (``anchors=auto``): per source, the sizes (and, where that helps
 measurably, the aspect ratios) that give as many training boxes as the sources allow a default box
-at IoU >= 0.5, the SSD matching threshold (spec §1.6). A box without one can only become a positive
+at IoU >= 0.5, the SSD matching threshold (ORIGINAL.md §1.6). A box without one can only become a positive
 through the bipartite step, with one poorly fitting default box.
 
 Kept: the model's feature-map geometry (sources, steps, centres, offset) and the number of default
@@ -36,7 +36,7 @@ from ..boxes import cxcywh_to_xyxy
 from ..config import AnchorConfig, ModelConfig
 from .factory import feature_sizes
 
-IOU_THRESHOLD = 0.5  # spec §1.6
+IOU_THRESHOLD = 0.5  # ORIGINAL.md §1.6
 MAX_BOXES = 10_000  # the search runs on a seeded subsample of more boxes (~1-4 s per 10k on one core)
 _DT = torch.float32  # the default boxes' and box_iou's precision
 # Candidates per parameter: coarse steps of 2^(1/4) over x0.25 .. x4, then 2^(1/16) around the pick;

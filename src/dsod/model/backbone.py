@@ -1,4 +1,4 @@
-"""DSOD backbone: stem, dense blocks and transitions (spec §1.2).
+"""DSOD backbone: stem, dense blocks and transitions (ORIGINAL.md §1.2).
 
 Returns the two taps the prediction structure needs: "First" (the 1x1 conv of the transition after
 block 2, before its pooling, stride 8) and the final transition output (stride 16 for DSOD300).
@@ -73,7 +73,7 @@ class DSODBackbone(nn.Module):
         transition_pooling: per block, whether its transition pools. The first two must.
         compression: theta; transition i outputs floor(theta * C_in) channels...
         final_channels: ...except the last one, which outputs this many when given (256 in DSOD300:
-            the "learned half" of scale 2, spec §1.2 row 13).
+            the "learned half" of scale 2, ORIGINAL.md §1.2 row 13).
         memory_efficient: dense blocks recompute their concat/BN/ReLU in backward instead of storing
             them (see ``DenseBlock``); same parameters and outputs, less training memory.
     Attributes:

@@ -62,7 +62,7 @@ def feature_sizes(cfg: ModelConfig) -> List[Tuple[int, int]]:
 
 
 def init_weights(model: DSOD) -> None:
-    """Caffe-equivalent initialisation (spec §1.1, §6.4): backbone and prediction-structure convs use
+    """Caffe-equivalent initialisation (ORIGINAL.md §1.1, §6.4): backbone and prediction-structure convs use
     Caffe's ``xavier`` filler, uniform +-sqrt(3 / fan_in) (= kaiming_uniform_ with gain 1, not
     PyTorch's xavier_uniform_); head convs N(0, 0.01); norm gamma 1, beta 0; L2Norm scales 20."""
     for part in (model.backbone, model.neck):

@@ -1,4 +1,4 @@
-"""Prediction heads (spec §1.4): per source L2Norm, then 3x3 loc and conf convs each followed by
+"""Prediction heads (ORIGINAL.md §1.4): per source L2Norm, then 3x3 loc and conf convs each followed by
 BN (eps 1e-3) with learnable gamma/beta and no ReLU."""
 from __future__ import annotations
 

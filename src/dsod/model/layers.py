@@ -1,8 +1,8 @@
-"""Building blocks of the DSOD network (spec §1.1-1.3).
+"""Building blocks of the DSOD network (ORIGINAL.md §1.1-1.3).
 
 Composite function inside the network is pre-activation BN -> ReLU -> Conv ("bn_relu_conv" in the
 original ``model_libs.py``); only the three stem convs are post-activation Conv -> BN -> ReLU.
-All convolutions are bias-free (spec §1.1).
+All convolutions are bias-free (ORIGINAL.md §1.1).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .norms import make_norm
 
 
 class ConvNormReLU(nn.Sequential):
-    """Post-activation Conv -> BN -> ReLU (stem only, spec §1.2 rows 1-3)."""
+    """Post-activation Conv -> BN -> ReLU (stem only, ORIGINAL.md §1.2 rows 1-3)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: str, decay: float):
         super().__init__(
@@ -62,7 +62,7 @@ class DenseLayer(nn.Module):
 
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; each sees the concat of the block input and all earlier new
-    features, in the original order [input, new_1, new_2, ...] (spec §1.2).
+    features, in the original order [input, new_1, new_2, ...] (ORIGINAL.md §1.2).
 
     ``memory_efficient``: while gradients are being recorded, each layer runs under
     ``torch.utils.checkpoint`` with a selective policy that saves only its convolution outputs: the
@@ -103,5 +103,5 @@ class DenseBlock(nn.Module):
 
 
 def max_pool_ceil(x: torch.Tensor) -> torch.Tensor:
-    """Caffe 2x2/2 max pooling rounds up (spec §1.1): 75->38, 19->10, 5->3, 3->2."""
+    """Caffe 2x2/2 max pooling rounds up (ORIGINAL.md §1.1): 75->38, 19->10, 5->3, 3->2."""
     return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)

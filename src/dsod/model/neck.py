@@ -1,4 +1,4 @@
-"""Prediction structures (spec §1.3): DSOD's dense one and the plain SSD-style one of the ablation.
+"""Prediction structures (ORIGINAL.md §1.3): DSOD's dense one and the plain SSD-style one of the ablation.
 
 Both turn the backbone taps into the list of prediction sources, finest first.
 """
@@ -43,7 +43,7 @@ class LHRH(nn.Module):
 
 
 class DensePrediction(nn.Module):
-    """Dense prediction structure (spec §1.3).
+    """Dense prediction structure (ORIGINAL.md §1.3).
 
     Scale 1 = First; scale 2 = concat(learned: last transition output, reused: pool(First) ->
     BN-ReLU-Conv1x1(w0)) (learned first); each further scale = LHRH(n) of the previous one.
@@ -80,7 +80,7 @@ class DensePrediction(nn.Module):
 class PlainPrediction(nn.Module):
     """Plain (SSD-style) structure of the paper's ablation: scale 1 = First, scale 2 = backbone
     output, each further scale = BN-ReLU-Conv1x1(n) -> BN-ReLU-Conv3x3(2n, stride 2) of the previous
-    one only. The original repository does not contain it (spec §1.3); widths mirror SSD's extras."""
+    one only. The original repository does not contain it (ORIGINAL.md §1.3); widths mirror SSD's extras."""
 
     def __init__(self, first_channels: int, backbone_channels: int, widths: Sequence[int],
                  depthwise: bool, norm: str, decay: float):

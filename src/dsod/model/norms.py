@@ -1,5 +1,5 @@
 """Normalisation layers: BN with Caffe's running statistics (and its multi-process variant), GroupNorm
-through ``make_norm``, and SSD's L2Norm (spec §1.1, §1.4)."""
+through ``make_norm``, and SSD's L2Norm (ORIGINAL.md §1.1, §1.4)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ class CaffeBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose running statistics follow Caffe's ``BatchNorm`` layer.
 
     Caffe keeps decayed sums S_t = d*S_{t-1} + x_t and a scale factor F_t = d*F_{t-1} + 1 and uses
-    S_t / F_t (spec §1.1, moving_average_fraction d = 0.999). That is an exponential average with
+    S_t / F_t (ORIGINAL.md §1.1, moving_average_fraction d = 0.999). That is an exponential average with
     bias correction: PyTorch momentum m_t = 1 / F_t = (1 - d) / (1 - d**t). A constant momentum of
     1 - d would instead keep the initial (0, 1) statistics for thousands of steps, which breaks
     evaluation of short runs. Under SyncBatchNorm conversion the momentum in force is kept.
@@ -111,7 +111,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 class L2Norm(nn.Module):
     """SSD ``Normalize`` layer: L2 across channels per location, learnable per-channel scale
-    (init 20), eps 1e-10 inside the square root (spec §1.4)."""
+    (init 20), eps 1e-10 inside the square root (ORIGINAL.md §1.4)."""
 
     def __init__(self, channels: int, init: float = 20.0, eps: float = 1e-10):
         super().__init__()

@@ -37,7 +37,7 @@ class ModelSummary:
 def count_macs(model: torch.nn.Module, image_size: int) -> int:
     """Multiply-accumulates of one forward pass at batch 1, counted by PyTorch's own FLOP counter
     (convolutions and matmuls; 1 MAC = 2 FLOPs). Norms, ReLU and pooling are not counted, matching
-    the spec's convention (spec §2: 15.08 G MACs for DSOD300)."""
+    the spec's convention (ORIGINAL.md §2: 15.08 G MACs for DSOD300)."""
     counter = FlopCounterMode(display=False)
     was_training = model.training
     model.eval()

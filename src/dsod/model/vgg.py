@@ -1,5 +1,5 @@
 """SSD's VGG-16 backbone (Liu et al., SSD, ``ssd_pascal.py``'s ``VGGNetBody`` with fc6/fc7 as dilated
-convolutions), for the paper's "SSD300 from scratch" comparison (spec §3.2, SSD300S†).
+convolutions), for the paper's "SSD300 from scratch" comparison (ORIGINAL.md §3.2, SSD300S†).
 
 Taps as ``DSODBackbone``: (conv4_3 = "First", stride 8; pool4, stride 16; fc7, stride 16), so the
 plain prediction structure and the heads are shared with DSOD and only the backbone differs.
