@@ -10,11 +10,12 @@ layer) moves the whole tensor by much more than ``tol``.
 from __future__ import annotations
 
 import contextlib
-import socket
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from dsod.engine.distributed import free_port  # noqa: F401 (the tests' DDP runs use the project's)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -39,11 +40,6 @@ def assert_norm_close(a, b, tol: float = 1e-4, msg: str = "") -> None:
     assert err <= tol, f"{msg + ': ' if msg else ''}relative error {err:.3g} > {tol:g}"
 
 
-def free_port() -> int:
-    """A TCP port free on this machine right now (the OS picks it when binding to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "item")

@@ -104,13 +104,6 @@ def cpu_processes_for(keys: Dict[str, object], default: int) -> int:
     return procs if batch % procs == 0 and batch // procs >= 2 else 1
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> int:
     """Run ``dsod train`` as ``procs`` DDP processes on gloo, one thread each, the batch split between
     them. BN statistics stay per process (``norm=bn``), as the original's per-GPU Caffe BN (4 images
@@ -125,7 +118,9 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     batch = int(keys.get("batch") or 16)
     if not keys.get("resume"):
         args.append(f"batch={batch // procs}")
-    port = _free_port()
+    from .engine.distributed import free_port
+
+    port = free_port()
     print(f"dsod: {allocator_note()}; {procs} DDP processes on gloo x 1 thread, batch {batch // procs} each "
           f"(BN per process; norm=syncbn shares it); DSOD_CPU_PROCESSES=1 for one process", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),

@@ -51,3 +51,13 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A free localhost TCP port for a CPU DDP rendezvous (MASTER_PORT): never a fixed one, so runs
+    and tests started side by side do not collide."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

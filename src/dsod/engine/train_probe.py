@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .distributed import free_port
 from .memory import allocator_env
 
 
@@ -178,12 +178,6 @@ def _child(spec: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_probe(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig,
               imgsz: Optional[int] = None, timeout: float = 1800) -> Dict[str, Any]:
     """Run one configuration at a global ``batch`` in fresh process(es). Returns the slowest process's
@@ -194,7 +188,7 @@ def run_probe(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig,
     world = cfg.processes
     if batch % world:
         return {"error": f"batch {batch} does not split over {world} processes"}
-    port = _free_port()
+    port = free_port()
     spec = {"kind": kind, "name": name, "batch": batch // world, "steps": steps, "cfg": dataclasses.asdict(cfg),
             "imgsz": imgsz}
     procs = []
