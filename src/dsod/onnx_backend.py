@@ -56,10 +56,7 @@ class OnnxDetector:
 
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """All outputs by name for a preprocessed batch."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim == 3:
-            batch = batch[None]
-        return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))
+        return dict(zip(self.output_names, self.session.run(None, {self.input_name: network_batch(batch)})))
 
     def predict(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(N, 3, S, S) float32 BGR minus mean -> boxes (N, A, 4) xyxy in [0, 1], scores (N, A, C)."""
@@ -96,16 +93,20 @@ class OpenVinoDetector:
         self.has_nms = "selected" in self.output_names
 
     def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim == 3:
-            batch = batch[None]
-        out = self.request.infer({0: batch})
+        """All outputs by name for a preprocessed batch."""
+        out = self.request.infer({0: network_batch(batch)})
         # copies: the request's output buffers are reused by the next call
         return {name: np.array(out[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
 
     def predict(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         out = self.run(batch)
         return out["boxes"], out["scores"]
+
+
+def network_batch(batch: np.ndarray) -> np.ndarray:
+    """(N, 3, S, S) or one (3, S, S) image -> a contiguous float32 (N, 3, S, S) array."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    return batch[None] if batch.ndim == 3 else batch
 
 
 def preprocess_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
