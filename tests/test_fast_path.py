@@ -144,15 +144,6 @@ def test_memory_efficient_is_on_for_the_full_size_presets():
     assert not build_model("dsod-nano").config.memory_efficient
 
 
-def test_memory_efficient_is_plain_in_eval_and_without_grad():
-    model = build_model("dsod-nano", memory_efficient=True).eval()
-    ref = build_model("dsod-nano")
-    ref.load_state_dict(model.state_dict())
-    x = torch.randn(1, 3, 160, 160)
-    with torch.no_grad():
-        assert torch.equal(model(x).cls_logits, ref.eval()(x).cls_logits)
-
-
 def test_bench_report_structure(tmp_path):
     from dsod.bench import bench_main
 
