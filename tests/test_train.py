@@ -225,3 +225,17 @@ def test_precise_bn_rescues_stale_statistics_and_leaves_training_alone(bccd_same
     assert precise == pytest.approx(run["metrics"]["voc07_map50"], abs=1e-6)
     assert running == pytest.approx(off["metrics"]["voc07_map50"], abs=1e-6)
     assert precise > running + 0.01, (precise, running)  # measured 0.462 vs 0.435 (AMD EPYC)
+
+
+def test_non_finite_losses_skip_the_step_then_stop_with_one_line(bccd_same_split, tmp_path, capsys):
+    """An exploding run (SGD at lr 1e30): each step whose loss is not finite is skipped and reported,
+    and after max_bad_steps in a row the run stops with a one-line TrainingError naming the remedy."""
+    from dsod.engine.run import TrainingError
+
+    trainer = Trainer(_args(bccd_same_split, tmp_path, "nan", iterations=20, optimizer="sgd", lr=1e30,
+                            max_bad_steps=2, ema=False, precise_bn="false", bf16=False))
+    with pytest.raises(TrainingError, match="NaN/inf for 2 iterations in a row") as e:
+        trainer.train()
+    assert "\n" not in str(e.value) and "lower lr" in str(e.value)
+    assert trainer.guard.total == 2 and trainer.iteration < 20
+    assert capsys.readouterr().out.count("non-finite loss at iteration") == 2  # tqdm.write: stdout

@@ -73,3 +73,24 @@ def train_step(batches: Iterator, loss_fn: LossFn, optimizer: torch.optim.Optimi
     scaler.step(optimizer)
     scaler.update()
     return sums
+
+
+class NonFiniteGuard:
+    """What a skipped step (``train_step`` returned None) means for the run: counted and reported,
+    and after ``max_bad`` in a row the run stops with a one-line ``TrainingError``."""
+
+    def __init__(self, max_bad: int):
+        self.max_bad, self.in_row, self.total = max_bad, 0, 0
+
+    def __call__(self, finite: bool, iteration: int, lr: float, warn) -> None:
+        if finite:
+            self.in_row = 0
+            return
+        from .run import TrainingError
+
+        self.in_row, self.total = self.in_row + 1, self.total + 1
+        warn(f"warning: non-finite loss at iteration {iteration}; step skipped "
+             f"({self.in_row} in a row, {self.total} in total)")
+        if self.in_row >= self.max_bad:
+            raise TrainingError(f"the loss was NaN/inf for {self.in_row} iterations in a row at iteration "
+                                f"{iteration}; lower lr (now {lr:g}), enable grad_clip, or check the data")

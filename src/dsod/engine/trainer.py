@@ -39,7 +39,7 @@ from .run import TrainingError, append_csv, next_run_dir, select_device, write_y
 from . import setup
 from .loaders import side_batches, side_seed, train_loader, val_loader
 from .signals import Interrupted, sigterm_interrupts
-from .step import detection_loss, train_step
+from .step import NonFiniteGuard, detection_loss, train_step
 from .train_state import restore_training, run_record, training_payload
 from .train_args import TrainArgs, precise_bn_images
 
@@ -148,7 +148,7 @@ class Trainer:
         # state
         self.history: List[Dict[str, Any]] = []
         self.best_fitness, self.best_iteration = -1.0, 0
-        self.bad_steps, self.skipped_steps, self.stop_reason = 0, 0, ""
+        self.guard, self.stop_reason = NonFiniteGuard(a.max_bad_steps), ""
         if self.resume_ckpt is not None:
             restore_training(self, self.resume_ckpt)
             self.run_dir = Path(a.resume).resolve().parent.parent
@@ -156,13 +156,10 @@ class Trainer:
             self.run_dir = next_run_dir(a.project, a.name, a.exist_ok)
         if self.main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
-            self._write_args()
+            write_yaml(self.run_dir / "args.yaml", run_record(self))
             if a.progress:
                 for line in [self.numerics.describe(), *self.notes]:
                     print(line, flush=True)
-
-    def _write_args(self) -> None:
-        write_yaml(self.run_dir / "args.yaml", run_record(self))
 
     def _set_augment(self, mode: str) -> None:
         from ..data import train_transform
@@ -322,13 +319,13 @@ class Trainer:
         if self.main and self.stop_reason and a.progress:
             print(self.stop_reason, flush=True)
         if self.main and self.budget is not None:  # args.yaml: the plan as it ended
-            self._write_args()
+            write_yaml(self.run_dir / "args.yaml", run_record(self))
         if self.main and a.plots:
             from .plots import plot_results
             plot_results(self.run_dir / "results.csv", self.run_dir / "results.png")
         dist_utils.barrier()
         return {"run_dir": str(self.run_dir), "metrics": metrics, "iterations": self.iteration,
-                "skipped_steps": self.skipped_steps, "seconds": time.time() - self.t_start,
+                "skipped_steps": self.guard.total, "seconds": time.time() - self.t_start,
                 "stop_reason": self.stop_reason}
 
     def _out_of_patience(self) -> bool:
@@ -350,18 +347,8 @@ class Trainer:
                            self.scaler, accumulate=a.accumulate, world=self.world, device=self.device,
                            params=self.model.parameters(), grad_clip=a.grad_clip)
         self.scheduler.step()
-        if parts is not None:
-            self.bad_steps = 0
-            return parts
-        self.bad_steps += 1
-        self.skipped_steps += 1
-        if self.main:
-            tqdm.write(f"warning: non-finite loss at iteration {self.iteration}; step skipped "
-                       f"({self.bad_steps} in a row, {self.skipped_steps} in total)")
-        if self.bad_steps >= a.max_bad_steps:
-            raise TrainingError(f"the loss was NaN/inf for {self.bad_steps} iterations in a row at iteration "
-                                f"{self.iteration}; lower lr (now {self.lr:g}), enable grad_clip, or check the data")
-        return None
+        self.guard(parts is not None, self.iteration, self.lr, tqdm.write if self.main else (lambda m: None))
+        return parts
 
     def _evaluate_and_log(self, elapsed: float) -> Dict[str, Any]:
         row: Dict[str, Any] = {"iteration": self.iteration, "epoch": round(self.iteration / self.iters_per_epoch, 3),
