@@ -170,7 +170,7 @@ def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None)
     """What ``backend=auto`` runs ``spec`` on here: for a checkpoint, ``dsod.backends.choose_backend``
     (which may export it, once); for a preset, its rules without a measured int8 accuracy, with this
     run's timings (``measured``: backend -> result) standing in for its int8 speed check."""
-    from ..backends import INT8_MIN_SPEEDUP, choose_backend, fp32_engine, onnxruntime_available
+    from ..backends import INT8_MIN_SPEEDUP, choose_backend, onnxruntime_available
     from ..export import has_int8_dot
 
     if str(spec).endswith(".pt") and Path(spec).is_file():
@@ -181,15 +181,18 @@ def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None)
     if has_int8_dot():
         return {"backend": "onnxruntime-int8", "reason": "int8 dot products on this CPU; for a checkpoint only if "
                 "its measured mAP change is within 0.5 points (else onnxruntime)"}
-    fp32 = fp32_engine()
     m = measured or {}
-    if "onnxruntime-int8" in m and fp32 in m:
+    timed = [k for k in ("onnxruntime", "openvino") if k in m]
+    if not timed:
+        return {"backend": "onnxruntime", "reason": "no int8 dot products (VNNI/AMX) on this CPU; speeds not measured"}
+    fp32 = min(timed, key=lambda k: m[k]["latency_ms_b1"])
+    if "onnxruntime-int8" in m:
         ratio = m[fp32]["latency_ms_b1"] / m["onnxruntime-int8"]["latency_ms_b1"]
         if ratio >= INT8_MIN_SPEEDUP:
             return {"backend": "onnxruntime-int8", "reason": f"no int8 dot products, but int8 measured {ratio:.2f}x "
                     f"{fp32} fp32 here (7-bit weights); for a checkpoint only if its mAP change is within 0.5 points"}
         return {"backend": fp32, "reason": f"no int8 dot products; int8 only {ratio:.2f}x {fp32} fp32 here"}
-    return {"backend": fp32, "reason": "no int8 dot products (VNNI/AMX) on this CPU; int8 speed not measured"}
+    return {"backend": fp32, "reason": "no int8 dot products; the fastest fp32 engine measured here"}
 
 
 def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
