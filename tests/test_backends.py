@@ -179,6 +179,12 @@ def test_openvino_runs_the_onnxruntime_file_alike(small_voc, tmp_path, monkeypat
     assert open_runner(ov).name == "openvino"
     torch.testing.assert_close(b1, b2, atol=1e-4, rtol=0)
     torch.testing.assert_close(s1, s2, atol=1e-4, rtol=0)
+    # under the jemalloc `dsod train`/`demo` preload OpenVINO aborts the process: not used there
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    with pytest.raises(BackendError, match="preloaded jemalloc"):
+        choose_backend(ckpt, "openvino", "cpu")
+    assert choose_backend(ckpt, "auto", "cpu").name != "openvino"
+    monkeypatch.delenv("LD_PRELOAD")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     with pytest.raises(BackendError, match="pip install openvino"):
         choose_backend(ckpt, "openvino", "cpu")

@@ -58,7 +58,16 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def jemalloc_preloaded() -> bool:
+    """This process runs on a preloaded jemalloc (``dsod train``/``dsod demo`` re-exec themselves so,
+    src/dsod/launch.py): OpenVINO 2026.4's ``compile_model`` aborts there ("munmap_chunk(): invalid
+    pointer", reproduced with the demo's checkpoint), so such a process does not use it."""
+    return "jemalloc" in os.environ.get("LD_PRELOAD", "")
+
+
 def openvino_available() -> bool:
+    if jemalloc_preloaded():
+        return False
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -180,7 +189,8 @@ def choose_backend(model: Union[str, Path], requested: str = "auto", device: str
         raise BackendError(f"model={model}: file not found")
     dev = select_device(device)
     if requested == "openvino" and not openvino_available():
-        raise BackendError("backend=openvino needs openvino (pip install openvino)")
+        raise BackendError("backend=openvino cannot run in a process on a preloaded jemalloc (it aborts there)"
+                           if jemalloc_preloaded() else "backend=openvino needs openvino (pip install openvino)")
     if path.suffix == ".onnx":
         if requested not in ("auto", "onnxruntime", "onnxruntime-int8", "openvino"):
             raise BackendError(f"model={path.name} is an ONNX file: backend={requested} needs a checkpoint .pt")
