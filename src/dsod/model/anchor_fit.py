@@ -3,10 +3,16 @@ measurably, the aspect ratios) that give as many training boxes as the sources a
 at IoU >= 0.5, the SSD matching threshold (ORIGINAL.md §1.6). A box without one can only become a positive
 through the bipartite step, with one poorly fitting default box.
 
-Kept: the model's feature-map geometry (sources, steps, centres, offset) and the number of default
-boxes per location, so the heads keep their shapes. Chosen: each source's min size and big square
-sqrt(min * max) and, in a second stage only when the sizes alone miss the target, the values (not
-the number) of its aspect ratios. Policy: a preset that already covers ``target`` of the boxes comes
+Kept: the model's feature-map geometry (sources, steps, centres, offset). Chosen: each source's min
+size and big square sqrt(min * max); in a second stage, only when the sizes alone miss the target,
+the values of its aspect ratios; in a third, only when the target is still missed and the
+``reachable`` bound says the grids allow more, one more aspect ratio (r and its flip 1/r, the
+config's unit: two more default boxes per location) on the source where it gains most, refitted with
+that source's sizes and ratios, and again on another source while the target is missed (at most one
+per source, each kept only for the same measurable gain). The extra shapes change only that source's
+head width: DSOD trains from scratch and builds its heads from
+the config, so nothing trained is lost (chess pieces, ~2.2x taller than wide, need a second tall shape
+on dsod-tiny's stride-8 source). Policy: a preset that already covers ``target`` of the boxes comes
 back unchanged. Otherwise the search starts at the preset and covers as many boxes as it can,
 preferring the smallest change from the preset (sum of |log| ratios) at equal coverage, so sources
 the data does not need keep the preset's sizes. It does not stop at the target: the hand-made
@@ -45,6 +51,7 @@ _COARSE = torch.tensor([2.0 ** (k / 4) for k in range(-8, 9)], dtype=_DT)
 _FINE = torch.tensor([2.0 ** (k / 16) for k in range(-3, 4)], dtype=_DT)
 _PAIR = torch.tensor([2.0 ** (k / 8) for k in range(-3, 4)], dtype=_DT)
 _SWEEPS = 8
+_NEW = torch.tensor([2.0 ** (k / 16) for k in range(1, 49)], dtype=_DT)  # an added ratio's first values
 # Aspect ratios are fitted only when they add at least this much coverage (else the preset's stay):
 # the sizes are the fit; ratio changes are for data whose shapes the preset's ratios miss.
 _RATIO_GAIN = 0.002
@@ -63,6 +70,8 @@ class AnchorFit:
     target: float
     boxes: int  # boxes measured
     changed: bool  # False: the preset already reached the target (``anchors`` is the preset's)
+    # sources (0-based) given one more aspect ratio by the third stage: 2 more default boxes per location
+    added: Tuple[int, ...] = ()
 
     def describe(self) -> str:
         if not self.changed:
@@ -70,8 +79,12 @@ class AnchorFit:
                     f"training boxes a default box at IoU >= {IOU_THRESHOLD} (kept)")
         short = (f" (target {100 * self.target:g}% missed; default boxes of any shape at these centres would "
                  f"reach {100 * self.reachable:.1f}%)" if self.after < self.target else "")
+        # 1-based, as a person counts the sources
+        on = ", ".join(str(s + 1) for s in self.added)
+        more = (f"; +1 shape (aspect ratio r and 1/r: 2 more default boxes per location) on "
+                f"source{'s' * (len(self.added) > 1)} {on}" if self.added else "")
         return (f"default boxes fitted to the data: {100 * self.before:.1f}% -> {100 * self.after:.1f}% of "
-                f"{self.boxes} training boxes have a default box at IoU >= {IOU_THRESHOLD}{short} "
+                f"{self.boxes} training boxes have a default box at IoU >= {IOU_THRESHOLD}{short}{more} "
                 f"(anchors=preset keeps the preset's)")
 
     def as_dict(self) -> Dict[str, object]:
@@ -109,11 +122,27 @@ def fit_anchors(cfg: ModelConfig, boxes: torch.Tensor, target: float = 0.99) -> 
     reach = g.reach()
     # rounded as stored (percent, 2 decimals), so what is scored is what is saved
     start = [[round(v, 4) for v in p[:2]] + p[2:] for p in start]
-    params, cov = _search(start, start, g, reach, fit_ratios=False)
+    params, cov = _search(start, start, g, reach, fit_ratios=())
+    everywhere = tuple(range(n))
+    fit_ratios: Tuple[int, ...] = ()  # sources whose ratio values the fit may move
     if cov < target:  # second stage: the ratio values too, kept only for a measurable gain
-        p2, cov2 = _search(params, start, g, reach, fit_ratios=True)
+        p2, cov2 = _search(params, start, g, reach, fit_ratios=everywhere)
         if cov2 >= cov + _RATIO_GAIN:
-            params = p2
+            params, cov, fit_ratios = p2, cov2, everywhere
+    # third stage: one more shape where the grids allow more than the shapes do (``reach`` on the
+    # boxes searched), kept only for a measurable gain; its change is counted from its first value
+    added: List[int] = []
+    base = [list(p) for p in start]
+    while cov < target and len(added) < n and float(reach.any(0).float().mean()) > cov:
+        s, r = _new_ratio(params, g, reach, added)
+        trial = [p + [r] if k == s else p for k, p in enumerate(params)]
+        base3 = [p + [r] if k == s else p for k, p in enumerate(base)]
+        p3, cov3 = _search(trial, base3, g, reach, fit_ratios=tuple(sorted({*fit_ratios, s})))
+        if cov3 < cov + _RATIO_GAIN:
+            break
+        params, cov, base = p3, cov3, base3
+        added.append(s)
+        fit_ratios = tuple(sorted({*fit_ratios, s}))
     ratios = tuple(tuple(round(float(r), 2) for r in p[2:]) for p in params)
     mins, maxs = source_sizes(cfg.anchors, cfg.image_size, n)
     # a source the fit did not move keeps the preset's exact sizes (not re-derived from the rounding)
@@ -128,7 +157,7 @@ def fit_anchors(cfg: ModelConfig, boxes: torch.Tensor, target: float = 0.99) -> 
         aspect_ratios=cfg.anchors.aspect_ratios if ratios == resolve_aspect_ratios(cfg.anchors, n) else ratios)
     # measured from the stored config (max = big^2 / min is rounded again), on all boxes
     after = full.coverage(_params(fitted, cfg.image_size, n))
-    return AnchorFit(fitted, before, after, reachable, target, len(boxes), changed=True)
+    return AnchorFit(fitted, before, after, reachable, target, len(boxes), changed=True, added=tuple(added))
 
 
 # ----------------------------------------------------------------------------------------- internals
@@ -244,12 +273,45 @@ def _move_plan(num_params: int) -> List[Tuple[int, int, torch.Tensor]]:
     return plan + [(0, j, _PAIR) for j in range(1, num_params)]
 
 
+def _hits(wh: torch.Tensor, d: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """(C,): boxes (N, 2) at offsets ``d`` covered by each candidate source (C, P); chunks bound C x N x K."""
+    return torch.cat([_covers(wh, d, _shapes(c)).sum(-1) for c in cand.split(256)])
+
+
+def _free(covered: torch.Tensor, reach: torch.Tensor, s: int) -> Tuple[torch.Tensor, int]:
+    """Indices of the boxes no other source covers and source s can reach (only these can change),
+    and how many the other sources cover."""
+    other = torch.cat([covered[:s], covered[s + 1:]]).any(0)
+    return (~other & reach[s]).nonzero().squeeze(1), int(other.sum())
+
+
+def _new_ratio(params: List[List[float]], g: _Geometry, reach: torch.Tensor,
+               added: List[int]) -> Tuple[int, float]:
+    """The source (not in ``added``) and extra ratio value (r >= 1 at 2^(1/16) steps up to 8, flip
+    included) that cover the most boxes, all other shapes as they are; ties: the first source, the
+    squarest ratio. The search after it refines the value with the source's sizes."""
+    covered = g.covered(params)
+    r = torch.unique(_candidates([0.0, 0.0, 1.0], 2, _NEW))  # rounded and bounded as stored
+    best = (-1, 0, 0.0)
+    for s, p in enumerate(params):
+        if s in added:
+            continue
+        idx, base = _free(covered, reach, s)
+        cand = torch.cat([torch.tensor(p, dtype=_DT).repeat(len(r), 1), r[:, None]], 1)
+        hits = base + _hits(g.wh[idx], g.offs[s][idx], cand)
+        i = int(hits.argmax())
+        if int(hits[i]) > best[0]:
+            best = (int(hits[i]), s, float(r[i]))
+    return best[1], best[2]
+
+
 def _search(params: List[List[float]], start: List[List[float]], g: _Geometry, reach: torch.Tensor,
-            fit_ratios: bool) -> Tuple[List[List[float]], float]:
+            fit_ratios: Tuple[int, ...]) -> Tuple[List[List[float]], float]:
     """Coordinate descent over the sources, one move at a time, every candidate scored at once.
     Score: boxes covered, then the smallest change from ``start`` (sum of |log| ratios); a move must
     beat the current score strictly (no cycling). Only the boxes that no other source covers and that
-    this source can reach (``reach``, (S, N)) are counted: for the rest a candidate changes nothing."""
+    this source can reach (``reach``, (S, N)) are counted: for the rest a candidate changes nothing.
+    Sizes move on every source, ratio values only on the sources in ``fit_ratios``."""
     params = [list(p) for p in params]
     log0 = [torch.tensor(p0, dtype=torch.float64).log() for p0 in start]
 
@@ -263,15 +325,13 @@ def _search(params: List[List[float]], start: List[List[float]], g: _Geometry, r
     for _ in range(_SWEEPS):
         moved = False
         for s in range(len(params)):
-            other = torch.cat([covered[:s], covered[s + 1:]]).any(0)
-            idx = (~other & reach[s]).nonzero().squeeze(1)
-            wh, d, base = g.wh[idx], g.offs[s][idx], int(other.sum())
-            for j, k, factors in _move_plan(len(params[s]) if fit_ratios else 2):
+            idx, base = _free(covered, reach, s)
+            wh, d = g.wh[idx], g.offs[s][idx]
+            for j, k, factors in _move_plan(len(params[s]) if s in fit_ratios else 2):
                 cand = _move(params[s], j, k, factors)
                 if len(cand) == 0:
                     continue
-                hits = base + torch.cat([_covers(wh, d, _shapes(c)).sum(-1)
-                                         for c in cand.split(256)])  # (C,); chunks bound C x N x K
+                hits = base + _hits(wh, d, cand)  # (C,)
                 ch = change(s, cand)
                 i = int(torch.where(hits == hits.max(), ch, torch.inf).argmin())  # most boxes, least change
                 if (int(hits[i]), -float(ch[i])) > cur:
