@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -54,3 +54,27 @@ def fitness(row: Dict[str, Any], dataset_format: str) -> float:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return -float(row.get("loss", 0.0))
     return float(v)
+
+
+def keep_better_bn(model: torch.nn.Module, train_bn: Dict[str, torch.Tensor], row: Dict[str, Any],
+                   metrics: Dict[str, Any], score: Callable[[], Dict[str, Any]],
+                   dataset_format: str) -> Optional[Dict[str, torch.Tensor]]:
+    """A run's final evaluation: ``model`` holds re-estimated BN statistics whose ``metrics`` are in
+    ``row``; score the running average (``train_bn``) too and keep the better
+    (``precise_bn.keep_better_statistics``). Both scores go to ``row``; ``row`` and ``metrics`` become
+    the kept one's. Returns ``train_bn``, or None when the running average was kept."""
+    from .precise_bn import keep_better_statistics
+
+    def scored():
+        m = score()
+        return fitness(metric_columns(m), dataset_format), m
+
+    key = "coco_ap" if dataset_format == "coco" else "voc07_map50"
+    kept_running, value, result = keep_better_statistics(model, train_bn, fitness(row, dataset_format), scored)
+    row[f"{key}_precise_bn"], row[f"{key}_running_bn"] = row[key], round(value, 5)
+    if not kept_running:
+        return train_bn
+    metrics.clear()
+    metrics.update(result)
+    row.update(metric_columns(result))
+    return None

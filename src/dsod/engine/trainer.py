@@ -31,7 +31,7 @@ from .recipe import SHORT
 from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
-from .evaluate import autocast_context, fitness, metric_columns, run_evaluation
+from .evaluate import autocast_context, fitness, keep_better_bn, metric_columns, run_evaluation
 from .optim import build_schedule, default_lr, default_warmup, lr_lambda
 from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
@@ -365,14 +365,19 @@ class Trainer:
         dist_utils.barrier()
         return metrics
 
+    def _score(self) -> Dict[str, Any]:
+        from ..metrics import Evaluator
+        return run_evaluation(self.eval_model, self.val_loader, Evaluator(self.info, self.val_records), self.device,
+                              self.postprocessor, amp=self.use_amp, bf16=self.use_bf16, progress=self.args.progress)
+
     def _evaluate_and_save(self, row: Dict[str, Any], metrics: Dict[str, Any],
                            train_bn: Optional[Dict[str, torch.Tensor]]) -> None:
         if self.main and self.val_loader is not None:
-            from ..metrics import Evaluator
-            evaluator = Evaluator(self.info, self.val_records)
-            metrics.update(run_evaluation(self.eval_model, self.val_loader, evaluator, self.device, self.postprocessor,
-                                          amp=self.use_amp, bf16=self.use_bf16, progress=self.args.progress))
+            metrics.update(self._score())
             row.update(metric_columns(metrics))
+            if train_bn is not None and self.iteration == self.total_iters:
+                train_bn = keep_better_bn(self.eval_model, train_bn, row, metrics, self._score, self.info.format)
+            row["bn_stats"] = "running" if train_bn is None else "precise"
         if self.main:
             self.history.append(row)
             append_csv(self.run_dir / "results.csv", row)
@@ -386,8 +391,11 @@ class Trainer:
             if is_best:
                 save_checkpoint(self.run_dir / "weights" / "best.pt", payload)
             if self.args.progress and "voc07_map50" in row:
+                key = "coco_ap" if self.info.format == "coco" else "voc07_map50"
+                both = (f"  (final BN statistics: re-estimated {row[key + '_precise_bn']:.4f}, running "
+                        f"{row[key + '_running_bn']:.4f}; {row['bn_stats']} kept)") if key + "_running_bn" in row else ""
                 tqdm.write(f"iter {self.iteration}: mAP@0.5 (VOC07 11-point) {row['voc07_map50']:.4f}  "
-                           f"COCO AP {row['coco_ap']:.4f}")
+                           f"COCO AP {row['coco_ap']:.4f}{both}")
             if self.args.plots and self.val_loader is not None and self.iteration == self.total_iters:
                 from .plots import plot_predictions
                 plot_predictions(self.eval_model, self.val_loader, self.postprocessor, self.info.names,
