@@ -6,8 +6,9 @@ re-estimation next to the cost of one evaluation.
     python benchmarks/precise_bn_effect.py runs/NAME/weights/last.pt [images=64,256,1024] [seeds=2]
         [data=...] [json=out.json]
 
-The checkpoint must hold the running statistics beside the re-estimated ones (``train_bn``: a last.pt
-written at a run's end, at ``stop_at=`` or at an evaluation). Run on one thread, nothing else busy,
+The checkpoint must hold the running statistics: beside the re-estimated ones (``train_bn``, a last.pt
+written at an evaluation or at ``stop_at=``) or as its own (``bn_stats`` "running": the run's final
+evaluation kept them). Run on one thread, nothing else busy,
 for the timings.
 """
 from __future__ import annotations
@@ -29,19 +30,21 @@ def main(argv):
     from dsod.engine.checkpoint import build_from_checkpoint, load_checkpoint
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.loaders import side_batches, val_loader
-    from dsod.engine.precise_bn import load_bn_buffers, recompute_bn_stats
+    from dsod.engine.precise_bn import bn_buffers, load_bn_buffers, recompute_bn_stats
     from dsod.metrics import Evaluator
 
     path, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     ckpt = load_checkpoint(path)
-    if ckpt.get("train_bn") is None:
-        raise SystemExit(f"{path}: no running statistics beside the re-estimated ones (train_bn); use a "
-                         "last.pt written at an evaluation, at the run's end or at stop_at=")
+    if ckpt.get("train_bn") is None and ckpt.get("bn_stats") != "running":
+        raise SystemExit(f"{path}: no running statistics in it (bn_stats {ckpt.get('bn_stats')!r}, no train_bn)")
     ta = ckpt["train_args"]
     spec = load_dataset(opts.get("data", ta["data"]), val_fraction=ta.get("val_fraction"),
                         val_images=ta.get("val_images"))
     val = spec.records("val")
     model, cfg = build_from_checkpoint(ckpt)
+    # the running average: beside the re-estimate (train_bn), or the model's own where the run's final
+    # evaluation kept it (bn_stats "running")
+    running_bn = ckpt["train_bn"] if ckpt.get("train_bn") is not None else bn_buffers(model)
     train_set = DetectionDataset(spec.records("train"), train_transform(cfg.image_size, mode=ta["augment"],
                                  flipud=ta["flipud"]), train=True)
     batch = int(ta["batch"])
@@ -53,7 +56,7 @@ def main(argv):
         m = run_evaluation(model, vl, Evaluator(spec.info, val), cpu, progress=False)
         return round(m["voc07_map50"], 4), time.perf_counter() - t0
 
-    load_bn_buffers(model, ckpt["train_bn"])
+    load_bn_buffers(model, running_bn)
     running, eval_s = score()
     out = {"checkpoint": path, "iteration": ckpt["iteration"], "batch": batch, "val_images": len(val),
            "running": running, "eval_s": round(eval_s, 1), "precise": {}, "precise_s": {}}
@@ -62,7 +65,7 @@ def main(argv):
     for n in [int(x) for x in opts.get("images", "64,256,1024").split(",")]:
         scores, secs = [], []
         for seed in range(int(opts.get("seeds", 2))):
-            load_bn_buffers(model, ckpt["train_bn"])
+            load_bn_buffers(model, running_bn)
             t0 = time.perf_counter()
             recompute_bn_stats(model, side_batches(train_set, batch, max(1, n // batch), seed=1000 + seed), cpu)
             secs.append(time.perf_counter() - t0)
