@@ -176,6 +176,10 @@ class Trainer:
         step_s, eval_s = dist_utils.from_main([step_s, eval_s], self.device)
         budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
         budget.plan(0, time.time() - self.t_start)
+        # every rank runs rank 0's plan (as in _replan): each process's own clock can give another
+        # length, so other evaluation iterations (a deadlock in precise BN, seen on coco128) and lr
+        total, interval = dist_utils.from_main([budget.total_iters, budget.val_interval], self.device)
+        budget.total_iters, budget.val_interval = int(total), int(interval)
         if a.val_interval:
             budget.val_interval = a.val_interval
         self.notes.append(budget.describe() + f"; per process {a.batch} images per step")
