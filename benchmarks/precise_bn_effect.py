@@ -8,8 +8,8 @@ re-estimation next to the cost of one evaluation.
 
 The checkpoint must hold the running statistics: beside the re-estimated ones (``train_bn``, a last.pt
 written at an evaluation or at ``stop_at=``) or as its own (``bn_stats`` "running": the run's final
-evaluation kept them). Run on one thread, nothing else busy,
-for the timings.
+evaluation kept them). For the timings run it with nothing else busy and say the thread count
+(docs/RESULTS.md: 2 threads, the default).
 """
 from __future__ import annotations
 

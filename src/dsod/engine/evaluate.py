@@ -47,10 +47,15 @@ def metric_columns(metrics: Dict[str, Any]) -> Dict[str, float]:
             "coco_ap": round(float(metrics.get("coco", {}).get("AP", float("nan"))), 5)}
 
 
+def fitness_key(dataset_format: str) -> str:
+    """The results.csv column best.pt is chosen on: COCO AP for COCO data (its own metric), VOC07
+    mAP@0.5 otherwise."""
+    return "coco_ap" if dataset_format == "coco" else "voc07_map50"
+
+
 def fitness(row: Dict[str, Any], dataset_format: str) -> float:
-    """What best.pt is chosen on: COCO AP for COCO data (its own metric), VOC07 mAP@0.5 otherwise;
-    without validation, the lower training loss."""
-    v = row.get("coco_ap" if dataset_format == "coco" else "voc07_map50")
+    """What best.pt is chosen on (``fitness_key``); without validation, the lower training loss."""
+    v = row.get(fitness_key(dataset_format))
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return -float(row.get("loss", 0.0))
     return float(v)
@@ -69,7 +74,7 @@ def keep_better_bn(model: torch.nn.Module, train_bn: Dict[str, torch.Tensor], ro
         m = score()
         return fitness(metric_columns(m), dataset_format), m
 
-    key = "coco_ap" if dataset_format == "coco" else "voc07_map50"
+    key = fitness_key(dataset_format)
     kept_running, value, result = keep_better_statistics(model, train_bn, fitness(row, dataset_format), scored)
     row[f"{key}_precise_bn"], row[f"{key}_running_bn"] = row[key], round(value, 5)
     if not kept_running:

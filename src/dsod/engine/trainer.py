@@ -31,7 +31,7 @@ from .recipe import SHORT
 from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
-from .evaluate import autocast_context, fitness, keep_better_bn, metric_columns, run_evaluation
+from .evaluate import autocast_context, fitness, fitness_key, keep_better_bn, metric_columns, run_evaluation
 from .optim import build_schedule, default_lr, default_warmup, lr_lambda
 from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
@@ -177,7 +177,8 @@ class Trainer:
         budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
         budget.plan(0, time.time() - self.t_start)
         # every rank runs rank 0's plan (as in _replan): each process's own clock can give another
-        # length, so other evaluation iterations (a deadlock in precise BN, seen on coco128) and lr
+        # length, hence other evaluation iterations (a deadlock in precise BN, seen on coco128) and
+        # another lr schedule per rank
         total, interval = dist_utils.from_main([budget.total_iters, budget.val_interval], self.device)
         budget.total_iters, budget.val_interval = int(total), int(interval)
         if a.val_interval:
@@ -395,7 +396,7 @@ class Trainer:
             if is_best:
                 save_checkpoint(self.run_dir / "weights" / "best.pt", payload)
             if self.args.progress and "voc07_map50" in row:
-                key = "coco_ap" if self.info.format == "coco" else "voc07_map50"
+                key = fitness_key(self.info.format)
                 both = (f"  (final BN statistics: re-estimated {row[key + '_precise_bn']:.4f}, running "
                         f"{row[key + '_running_bn']:.4f}; {row['bn_stats']} kept)") if key + "_running_bn" in row else ""
                 tqdm.write(f"iter {self.iteration}: mAP@0.5 (VOC07 11-point) {row['voc07_map50']:.4f}  "
