@@ -361,7 +361,10 @@ class Trainer:
         run = getattr(self, "_running", None) or {}
         row.update({k: round(v, 5) for k, v in run.items()})
         metrics: Dict[str, Any] = {}
+        t0 = time.time()
         train_bn = self._precise_bn()
+        if train_bn is not None:  # what the re-estimation costs next to the evaluation (val_s), per row
+            row["precise_bn_s"] = round(time.time() - t0, 2)
         try:
             self._evaluate_and_save(row, metrics, train_bn)
         finally:
@@ -378,11 +381,13 @@ class Trainer:
     def _evaluate_and_save(self, row: Dict[str, Any], metrics: Dict[str, Any],
                            train_bn: Optional[Dict[str, torch.Tensor]]) -> None:
         if self.main and self.val_loader is not None:
+            t0 = time.time()
             metrics.update(self._score())
             row.update(metric_columns(metrics))
             if train_bn is not None and self.iteration == self.total_iters:
                 train_bn = keep_better_bn(self.eval_model, train_bn, row, metrics, self._score, self.info.format)
             row["bn_stats"] = "running" if train_bn is None else "precise"
+            row["val_s"] = round(time.time() - t0, 2)  # the final row's holds both scorings
         if self.main:
             self.history.append(row)
             append_csv(self.run_dir / "results.csv", row)
