@@ -97,7 +97,7 @@ def test_ablation_runs_are_resumable_shareable_and_reported(tmp_path, shared_dat
     # the record holds the run's final evaluation: the trainer's results.csv says the same
     final = list(csv.DictReader(open(tmp_path / "train" / "cpu-k8-s0" / "results.csv")))[-1]
     assert saved["voc07_map50"] == pytest.approx(float(final["voc07_map50"]), abs=1e-5)
-    assert saved["budget"]["ema"] is True and saved["budget"]["precise_bn"] == "auto"
+    assert saved["budget"]["ema"] is True and saved["budget"]["precise_bn"] == "256"
     assert saved["params"] == 461800  # cpu-k8 with 3 classes + background (dsod info model=cpu-k8)
     assert [c["iteration"] for c in saved["curve"]] == [2]
     assert run_one("k8", 0, b, tmp_path) is None  # finished: skipped
