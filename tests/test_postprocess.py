@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dsod.box_coder import encode
@@ -50,3 +51,69 @@ def test_no_detections():
     probs = [[1.0, 1e-9, 1e-9]] * 4
     out = PostProcessor()(torch.zeros(2, 4, 4), _logits(probs).expand(2, -1, -1), ANCHORS)
     assert len(out) == 2 and out[0]["boxes"].shape == (0, 4) and out[1]["labels"].numel() == 0
+
+
+def _dense_candidates(seed, anchors=3000, classes=6):
+    """Decoded outputs like a trained detector's at score 0.01: boxes in tight clusters around a few
+    objects (heavy overlap, long suppression chains) and scores above the threshold almost everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(12, 2, generator=g) * 0.8 + 0.1
+    pick = torch.randint(0, 12, (anchors,), generator=g)
+    cxcy = centres[pick] + torch.randn(anchors, 2, generator=g) * 0.02
+    wh = (torch.rand(anchors, 2, generator=g) * 0.2 + 0.05)
+    boxes = torch.cat([cxcy - wh / 2, cxcy + wh / 2], 1)
+    scores = torch.softmax(torch.randn(anchors, classes + 1, generator=g) * 2, 1)[:, 1:]
+    return boxes, scores
+
+
+def _reference(boxes, scores, score_thresh, nms_thresh, topk, limit):
+    """Caffe DetectionOutput written plainly: per class threshold, sort, top-k, NMS; the best `limit`."""
+    from torchvision.ops import nms
+    found = []
+    for c in range(scores.shape[1]):
+        s = scores[:, c]
+        idx = torch.nonzero(s > score_thresh).flatten()
+        idx = idx[s[idx].argsort(descending=True)][:topk]
+        for j in nms(boxes[idx], s[idx], nms_thresh).tolist():
+            found.append((float(s[idx[j]]), c, int(idx[j])))
+    return sorted(found, reverse=True)[:limit]
+
+
+@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime"])
+@pytest.mark.parametrize("score_thresh,limit", [(0.01, 200), (0.25, 50), (0.9, 200)])
+def test_selection_equals_caffe_detection_output(kernel, score_thresh, limit):
+    """Both NMS kernels (dsod.nms) and the numpy top-k give exactly the candidates and survivors of the
+    plain per-class loop, on dense overlapping candidates."""
+    if kernel == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    from dsod.nms import kernel as pick
+    assert pick(requested=kernel) == kernel
+    pp = PostProcessor(score_thresh=score_thresh, detections_per_img=limit, nms_kernel=kernel)
+    for seed in range(3):
+        boxes, scores = _dense_candidates(seed)
+        want = _reference(boxes, scores, score_thresh, 0.45, 400, limit)
+        out = pp.single(boxes, scores, 1.0, 1.0)
+        got = sorted(zip(out["scores"].tolist(), out["labels"].tolist()), reverse=True)
+        assert [(round(s, 6), c) for s, c in got] == [(round(s, 6), c) for s, c, _ in want]
+        assert torch.allclose(out["boxes"], boxes[[i for _, _, i in want]].clamp(0, 1))
+        assert (out["scores"][:-1] >= out["scores"][1:]).all()  # sorted, as before
+        if score_thresh == 0.01:
+            assert 100 < len(want) == limit  # the case that matters: many survivors, the limit binding
+
+
+def test_topk_per_class_equals_torch_topk():
+    from dsod.postprocess import topk_per_class
+    _, scores = _dense_candidates(0)
+    for k in (1, 400, 2999, 3000):
+        top, idx = topk_per_class(scores, k)
+        want_top, want_idx = scores.topk(k, dim=0)
+        assert torch.equal(top, want_top.t()) and torch.equal(idx, want_idx.t())
+
+
+def test_nms_kernel_setting_is_checked(monkeypatch):
+    from dsod.nms import kernel
+    monkeypatch.setenv("DSOD_NMS", "torchvision")
+    assert kernel() == "torchvision"
+    monkeypatch.setenv("DSOD_NMS", "fast")
+    with pytest.raises(ValueError, match="DSOD_NMS"):
+        kernel()

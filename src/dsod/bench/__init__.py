@@ -311,6 +311,8 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
             e["postprocess_ms_b1_conf025"] = pp[f"{label}@0.25"] * 1e3
     report["settings"]["postprocess_weights"] = "trained (checkpoint)" if str(name).endswith(".pt") else \
         "random (preset): the worst case"
+    from ..nms import kernel as nms_kernel
+    report["settings"]["postprocess_nms"] = nms_kernel()
 
     # Thread sweep on the fused backend.
     if bool(opts["threads_sweep"]) and "fused" in backends and (os.cpu_count() or 1) > 1:
