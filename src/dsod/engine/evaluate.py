@@ -83,3 +83,14 @@ def keep_better_bn(model: torch.nn.Module, train_bn: Dict[str, torch.Tensor], ro
     metrics.update(result)
     row.update(metric_columns(result))
     return None
+
+
+def evaluation_line(row: Dict[str, Any], dataset_format: str) -> str:
+    """The line an evaluation prints: its scores and, at a run's end, which BN statistics were kept."""
+    key = fitness_key(dataset_format)
+    both = ""
+    if key + "_running_bn" in row:
+        both = (f"  (final BN statistics: re-estimated {row[key + '_precise_bn']:.4f}, running "
+                f"{row[key + '_running_bn']:.4f}; {row['bn_stats']} kept)")
+    return (f"iter {row['iteration']}: mAP@0.5 (VOC07 11-point) {row['voc07_map50']:.4f}  "
+            f"COCO AP {row['coco_ap']:.4f}{both}")

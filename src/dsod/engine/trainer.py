@@ -31,7 +31,8 @@ from .recipe import SHORT
 from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
-from .evaluate import autocast_context, fitness, fitness_key, keep_better_bn, metric_columns, run_evaluation
+from .evaluate import (autocast_context, evaluation_line, fitness, keep_better_bn, metric_columns,
+                       run_evaluation)
 from .optim import build_schedule, default_lr, default_warmup, lr_lambda
 from .numerics import decide_numerics
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
@@ -84,10 +85,8 @@ class Trainer:
         self.use_amp, self.use_bf16 = self.numerics.amp, self.numerics.bf16
         self.memory_format = torch.channels_last if self.numerics.channels_last else torch.contiguous_format
         self.model: DSOD = model.to(self.device, memory_format=self.memory_format)
-        self.ddp = None
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world > 1 else None
         self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
         self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
 
@@ -98,9 +97,8 @@ class Trainer:
         self.train_loader = train_loader(self.train_set, a.batch, seed=a.seed, rank=self.rank, world=self.world,
                                          workers=a.workers, pin_memory=self.device.type == "cuda")
         self.sampler = self.train_loader.batch_sampler
-        self.val_loader = None
-        if a.val and self.val_records and self.main:
-            self.val_loader = val_loader(self.val_records, cfg.image_size, a.batch, a.workers)
+        self.val_loader = (val_loader(self.val_records, cfg.image_size, a.batch, a.workers)
+                           if a.val and self.val_records and self.main else None)
         per_epoch = self.sampler.batches_per_epoch() // a.accumulate
         if per_epoch < 1:
             raise TrainingError(f"batch={a.batch} x accumulate={a.accumulate} x {self.world} process(es) is larger "
@@ -139,10 +137,8 @@ class Trainer:
         except ValueError as e:
             raise TrainingError(str(e)) from None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        if self.budget is not None:
-            self.val_interval = self.budget.val_interval
-        else:
-            self.val_interval = a.val_interval or max(1, math.ceil(self.total_iters / 10))
+        self.val_interval = (self.budget.val_interval if self.budget is not None
+                             else a.val_interval or max(1, math.ceil(self.total_iters / 10)))
         self.save_interval = a.save_interval or max(1, min(50, self.val_interval))
 
         # state
@@ -401,11 +397,7 @@ class Trainer:
             if is_best:
                 save_checkpoint(self.run_dir / "weights" / "best.pt", payload)
             if self.args.progress and "voc07_map50" in row:
-                key = fitness_key(self.info.format)
-                both = (f"  (final BN statistics: re-estimated {row[key + '_precise_bn']:.4f}, running "
-                        f"{row[key + '_running_bn']:.4f}; {row['bn_stats']} kept)") if key + "_running_bn" in row else ""
-                tqdm.write(f"iter {self.iteration}: mAP@0.5 (VOC07 11-point) {row['voc07_map50']:.4f}  "
-                           f"COCO AP {row['coco_ap']:.4f}{both}")
+                tqdm.write(evaluation_line(row, self.info.format))
             if self.args.plots and self.val_loader is not None and self.iteration == self.total_iters:
                 from .plots import plot_predictions
                 plot_predictions(self.eval_model, self.val_loader, self.postprocessor, self.info.names,
