@@ -101,13 +101,21 @@ def test_selection_equals_caffe_detection_output(kernel, score_thresh, limit):
             assert 100 < len(want) == limit  # the case that matters: many survivors, the limit binding
 
 
-def test_topk_per_class_equals_torch_topk():
+@pytest.mark.parametrize("levels", [None, 64])
+def test_topk_per_class_is_caffes_stable_selection(levels):
+    """Each class's k best as Caffe's std::stable_sort takes them: equal scores (bf16/int8 outputs tie
+    by the hundreds; ``levels`` quantises the scores so) in anchor order, at the cut too."""
+    import numpy as np
+
     from dsod.postprocess import topk_per_class
     _, scores = _dense_candidates(0)
+    if levels:
+        scores = torch.round(scores * levels) / levels
     for k in (1, 400, 2999, 3000):
         top, idx = topk_per_class(scores, k)
-        want_top, want_idx = scores.topk(k, dim=0)
-        assert torch.equal(top, want_top.t()) and torch.equal(idx, want_idx.t())
+        for c in range(scores.shape[1]):
+            want = np.argsort(-scores[:, c].numpy(), kind="stable")[:k]
+            assert np.array_equal(idx[c].numpy(), want) and torch.equal(top[c], scores[want, c])
 
 
 def test_nms_kernel_setting_is_checked(monkeypatch):

@@ -77,6 +77,7 @@ from ..hardware import cpu_summary, int8_bf16_isa
 from ..load import ModelSpecError, load_model
 from ..peers import PEERS
 from ..peers import Peer as _Peer
+from .post import postprocess_timings
 from .timing import conv_ceiling, count_macs_fn, interleaved, pick_threads
 
 DEFAULT_BACKENDS = ("eager", "fused", "onnxruntime", "onnxruntime-int8", "openvino")
@@ -109,27 +110,27 @@ def load_ours(spec: str, imgsz: Optional[int] = None):
 
 
 def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarray, imgsz: int
-                    ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any]]:
-    """(forward(x) callable, notes) for one backend of our model."""
+                    ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any], Optional[Callable[..., Any]]]:
+    """(forward(x) callable, notes, detect(x, post) where the session selects in its graph, else None)
+    for one backend of our model."""
     from ..model.fast import fuse_for_inference
 
     if name == "eager":
-        return model, {}
+        return model, {}, None
     if name == "eager-cl":
         m = _copy_model(model).to(memory_format=torch.channels_last)
-        return (lambda x: m(x.contiguous(memory_format=torch.channels_last))), {}
+        return (lambda x: m(x.contiguous(memory_format=torch.channels_last))), {}, None
     if name == "fused":
-        return fuse_for_inference(model), {"channels_last": True}
+        return fuse_for_inference(model), {"channels_last": True}, None
     if name == "fused-nchw":
-        return fuse_for_inference(model, channels_last=False), {"channels_last": False}
+        return fuse_for_inference(model, channels_last=False), {"channels_last": False}, None
     if name == "bf16":
         def run(x):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x)
-        return run, {"dtype": "bfloat16 autocast"}
+        return run, {"dtype": "bfloat16 autocast"}, None
     if name in ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"):
         from ..export import export_onnx, quantize_int8, weight_bits
-        from ..onnx_backend import OnnxDetector, OpenVinoDetector
 
         fp32 = workdir / "model.onnx"
         if not fp32.exists():
@@ -142,12 +143,19 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
                 quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
             notes = {"graph": f"int8 QDQ (static, minmax, {weight_bits()}-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
-        engine = OpenVinoDetector if name.startswith("openvino") else OnnxDetector
+        from ..onnx_backend import OnnxDetector
+        from ..runners import OrtRunner
+
         try:
-            det = engine(path, threads=torch.get_num_threads())
+            runner = OrtRunner(path, threads=torch.get_num_threads(),
+                               engine="openvino" if name.startswith("openvino") else "onnxruntime")
         except ImportError:
             raise BenchError(f"backend {name} needs openvino (pip install openvino)") from None
-        return (lambda x: det.predict(x.numpy())), notes
+        det, detect = runner.session, None
+        if getattr(det, "has_selection", False):  # top-k + NMS in the session (dsod.onnx_selection);
+            detect = (lambda x, post: runner.detect(x, post, [(480, 640)]))
+            det = OnnxDetector(path, threads=torch.get_num_threads(), selection=False)  # the network alone
+        return (lambda x: det.predict(x.numpy())), notes, detect
     raise BenchError(f"unknown backend '{name}'; valid: {', '.join(ALL_BACKENDS)}")
 
 
@@ -206,7 +214,6 @@ def run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
 
 def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     from ..export import load_batch
-    from ..postprocess import PostProcessor
 
     bad = sorted(set(opts) - set(DEFAULTS))
     if bad:
@@ -260,8 +267,9 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     entries: Dict[Tuple[str, str], Dict[str, Any]] = {}
     fns: Dict[Tuple[str, str], Callable[[torch.Tensor], Any]] = {}
     inputs: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = {}
+    detects: Dict[str, Optional[Callable[..., Any]]] = {}
     for be in backends:
-        fn, notes = _backend_runner(be, model, workdir, images[:16], imgsz)
+        fn, notes, detects[be] = _backend_runner(be, model, workdir, images[:16], imgsz)
         fns[(label, be)] = fn
         inputs[(label, be)] = (x1, xb)
         entries[(label, be)] = {"params": params, "macs": macs, **notes}
@@ -290,25 +298,11 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
         e["floor_ms"] = 2 * e["macs"] / (ceiling["gflops"] * 1e9) * 1e3
         e["floor_ratio"] = e["latency_ms_b1"] / e["floor_ms"]
 
-    # Post-processing (batch 1; our PostProcessor, torchvision's postprocess_detections for peers), on
-    # the decoded outputs every backend hands it, at dsod val's and dsod predict's score thresholds.
-    from ..postprocess import decode_outputs
-
-    post, post_predict = PostProcessor(), PostProcessor(score_thresh=0.25)
-    with torch.inference_mode():
-        out = model(x1)
-        decoded = decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, cfg.anchors.variances)
-    post_runners = {label: lambda: post.select(*decoded, [(480, 640)]),
-                    f"{label}@0.25": lambda: post_predict.select(*decoded, [(480, 640)])}
-    for p, peer in peer_objs.items():
-        with torch.inference_mode():
-            head, feats = peer.net(inputs[(p, "eager")][0])
-        post_runners[p] = (lambda pe, x, h, f: (lambda: pe.postprocess(x, h, f)))(peer, inputs[(p, "eager")][0], head, feats)
-    pp = interleaved(post_runners, runs)
-    for k, e in entries.items():
-        e["postprocess_ms_b1"] = pp[k[0]] * 1e3
-        if k[0] == label:
-            e["postprocess_ms_b1_conf025"] = pp[f"{label}@0.25"] * 1e3
+    # Post-processing (batch 1) at dsod val's and dsod predict's score thresholds (bench/post.py).
+    pp = postprocess_timings(model, label, x1, peer_objs, {p: inputs[(p, "eager")][0] for p in peer_objs},
+                             {be: fns[(label, be)] for be in backends}, detects, runs)
+    for (m, be), e in entries.items():
+        e.update(pp.get(f"{m}/{be}", pp[m]))
     report["settings"]["postprocess_weights"] = "trained (checkpoint)" if str(name).endswith(".pt") else \
         "random (preset): the worst case"
     from ..nms import kernel as nms_kernel
