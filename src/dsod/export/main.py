@@ -64,7 +64,8 @@ def export_main(opts: Dict[str, Any]) -> int:
     out = Path(o["out"] or default_out)
     spec = resolve_dataset(o["data"], ckpt)
     if spec is not None and "val" in spec.splits:
-        batch, where = records_batch(spec.records("val"), int(o["verify_n"]), imgsz), f"{spec.root} val images"
+        batch = records_batch(spec.records("val"), int(o["verify_n"]), imgsz)
+        where = f"{len(batch)} {spec.root} val images"
     else:
         batch, where = load_batch(o["data"] or o["calib"], int(o["verify_n"]), imgsz)
     _, diffs, seconds = write_fp32(model, out, imgsz, batch, graph=str(o["graph"]), nms=bool(o["nms"]),
@@ -73,7 +74,7 @@ def export_main(opts: Dict[str, Any]) -> int:
                                    threads=o["threads"])
     print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, {o['graph']} graph, opset {o['opset']}, input images "
           f"(N, 3, {imgsz}, {imgsz}) BGR-minus-mean, dynamic N{', with NMS' if o['nms'] else ''}) in {seconds:.1f} s")
-    print(f"verified on {len(batch)} {where}: max |onnx - eager| boxes {diffs['boxes']:.2e}, scores "
+    print(f"verified on {where}: max |onnx - eager| boxes {diffs['boxes']:.2e}, scores "
           f"{diffs['scores']:.2e}" + (f", NMS selections agree {diffs['nms_agreement']:.1%}"
                                        if "nms_agreement" in diffs else ""))
     if o["int8"]:
