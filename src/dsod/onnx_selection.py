@@ -2,11 +2,12 @@
 that runs the network: per-class top-k, then greedy per-class NMS, as graph nodes appended to an
 exported model when it is loaded (``OnnxDetector``); the exported files themselves are unchanged.
 
-Why in the graph: at ``dsod val``'s score 0.01 a small trained model hands post-processing ~3 x 400
-candidates, and the same selection done from Python (numpy top-k + a separate one-node NMS session,
-``dsod.postprocess``) cost 1.36-1.47 ms beside int8's 10.0-10.5 ms per image on an AMD Zen 4 (13.6-14%),
-most of it call overhead and cold caches between small kernels; the same kernels inside the model's own
-session cost ~1.0 ms there (docs/PERFORMANCE.md "Post-processing").
+Why in the graph: at ``dsod val``'s score 0.01 the BCCD recipe model hands post-processing 3 x 400
+candidates; the same selection done from Python (numpy top-k + a separate one-node NMS session,
+``dsod.postprocess``) measured 1.3-1.7 ms beside int8's ~11 ms per image on an AMD Zen 4 (AVX-512,
+VNNI, no AMX), the selection in the model's own session 0.5-1.2 ms, and only the candidates' boxes
+leave the session (docs/PERFORMANCE.md "Post-processing", with the commands). On a 13-class model the
+kernels' own work dominates and both ways cost ~3.5 ms.
 
 Appended nodes, for ``boxes`` (N, A, 4) and ``scores`` (N, A, C):
 

@@ -98,7 +98,7 @@ class PostProcessor:
 
     def single(self, boxes: torch.Tensor, scores: torch.Tensor, h: float, w: float) -> Dict[str, torch.Tensor]:
         # Per-class top-k before the threshold: one partial selection over each class's column
-        # (torch.topk) instead of thresholding every anchor and sorting the candidates twice; the same
+        # (topk_per_class) instead of thresholding every anchor and sorting the candidates twice; the same
         # candidates (the best topk_candidates above the threshold, per class). Then one greedy NMS
         # call for all classes (dsod.nms) and the best detections_per_img over the classes.
         top, idx = topk_per_class(scores, self.candidates(scores.shape[0]))
