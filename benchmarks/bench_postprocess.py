@@ -1,12 +1,15 @@
 """Post-processing (``PostProcessor.select``, batch 1) on a trained checkpoint's real outputs: the
-previous implementation (``torch.topk`` + torchvision's ``batched_nms``), today's with torchvision's
-NMS kernel, and today's default (numpy top-k + ONNX Runtime's NMS kernel, ``dsod.nms``). Every val
-image's detections are compared with the previous implementation's (as sets: ties may be ordered
-differently), and the median time is taken over the first ``timed`` images.
+default (``dsod.selection``: Caffe's selection on a prefix of the score order) against Caffe's
+selection written per class over every anchor (each class's scores stable-sorted, the first 400,
+torchvision's NMS, the best 200: the reference). Every image's detections must be identical (boxes,
+scores, labels, order); the times are medians over ``images`` val images x ``runs``, the two
+implementations alternating image by image (as they run in `dsod val`: each call on a new image, not
+one input repeated, which flatters a kernel by training the branch predictor on it).
 
-    python benchmarks/bench_postprocess.py CKPT [data=...] [timed=10] [runs=40] [json=out.json]
+    python benchmarks/bench_postprocess.py CKPT [onnx=FILE] [data=...] [images=24] [runs=5] [json=out.json]
 
-Run it with nothing else busy; one thread (as ``dsod bench`` times batch-1 latency).
+``onnx=FILE``: the outputs of an exported file (e.g. ``best-int8.onnx``, whose scores tie) instead of
+the eager model's. Run it with nothing else busy; one thread (as ``dsod bench`` times batch-1 latency).
 """
 from __future__ import annotations
 
@@ -16,40 +19,32 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def previous_select(pp, boxes, scores, h, w):
-    """The implementation before 2026-12-03 (postprocess.py at 828c1c8), the baseline."""
-    from torchvision.ops import batched_nms
-    k = min(pp.topk_candidates, scores.shape[0])
-    top, idx = scores.topk(k, dim=0)
-    keep = top > pp.score_thresh
-    anchor_idx, s = idx[keep], top[keep]
-    labels = torch.arange(scores.shape[1]).expand(k, -1)[keep]
-    b = boxes[anchor_idx]
-    keep = batched_nms(b, s, labels, pp.nms_thresh)[: pp.detections_per_img]
-    scale = b.new_tensor([w, h, w, h])
-    return {"boxes": torch.minimum((b[keep] * scale).clamp_(min=0), scale), "scores": s[keep], "labels": labels[keep]}
-
-
-def _key(d):
-    return sorted(zip([round(x, 6) for x in d["scores"].tolist()], d["labels"].tolist(),
-                      [tuple(round(v, 3) for v in b) for b in d["boxes"].tolist()]))
-
-
-def _median_ms(fn, runs):
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+def reference(pp, boxes, scores, h, w):
+    """Caffe's DetectionOutput per class over every anchor (what ``postprocess.py`` did before the prefix)."""
+    from torchvision.ops import nms
+    found = []
+    s_all = scores.numpy()
+    for c in range(s_all.shape[1]):
+        idx = np.flatnonzero(s_all[:, c] > pp.score_thresh)
+        idx = idx[np.argsort(-s_all[idx, c], kind="stable")][: pp.topk_candidates]
+        if idx.size:
+            order = torch.arange(idx.size, 0, -1, dtype=torch.float32)  # Caffe's order, no ties
+            keep = nms(boxes[torch.from_numpy(idx)], order, pp.nms_thresh).numpy()
+            found += [(s_all[i, c], c, i) for i in idx[keep]]
+    found.sort(key=lambda t: -t[0])  # stable: equal scores by class, then rank
+    found = found[: pp.detections_per_img]
+    scale = torch.tensor([w, h, w, h])
+    b = boxes[[f[2] for f in found]] if found else boxes[:0]
+    return {"boxes": torch.minimum((b * scale).clamp(min=0), scale),
+            "scores": torch.tensor([f[0] for f in found], dtype=torch.float32),
+            "labels": torch.tensor([f[1] for f in found], dtype=torch.int64)}
 
 
 def main(argv):
@@ -65,34 +60,46 @@ def main(argv):
     model, cfg = build_from_checkpoint(ckpt)
     model.eval()
     data = opts.get("data") or ckpt["train_args"]["data"]
-    records = load_dataset(data).records("val")
+    records = load_dataset(data).records("val")[: int(opts.get("images", 24))]
     ds = DetectionDataset(records, eval_transform(cfg.image_size), train=False)
+    runner = None
+    if opts.get("onnx"):
+        from dsod.runners import OrtRunner
+        runner = OrtRunner(opts["onnx"], threads=1)
     decoded = []
     with torch.inference_mode():
         for i in range(len(ds)):
-            out = model(ds[i][0][None])
-            b, s = decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, cfg.anchors.variances)
+            x = ds[i][0][None]
+            if runner is not None:
+                b, s = runner(x)
+            else:
+                out = model(x)
+                b, s = decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, cfg.anchors.variances)
             decoded.append((b[0], s[0]))
-    timed, runs = int(opts.get("timed", 10)), int(opts.get("runs", 40))
-    report = {"checkpoint": path, "data": data, "images": len(decoded), "anchors": int(decoded[0][1].shape[0]),
-              "classes": int(decoded[0][1].shape[1]), "cpu": cpu_summary(), "threads": torch.get_num_threads(),
-              "default_kernel": kernel(), "thresholds": {}}
+    runs = int(opts.get("runs", 5))
+    report = {"checkpoint": path, "outputs_of": opts.get("onnx") or "eager fp32", "data": data,
+              "images": len(decoded), "anchors": int(decoded[0][1].shape[0]), "classes": int(decoded[0][1].shape[1]),
+              "cpu": cpu_summary(), "threads": torch.get_num_threads(), "nms_kernel": kernel(), "thresholds": {}}
     for thresh in (0.01, 0.25):
-        variants = {"previous": (PostProcessor(score_thresh=thresh), True),
-                    "torchvision_nms": (PostProcessor(score_thresh=thresh, nms_kernel="torchvision"), False),
-                    "default": (PostProcessor(score_thresh=thresh), False)}
-        row = {}
-        for name, (pp, old) in variants.items():
-            fn = (lambda b, s, pp=pp: previous_select(pp, b, s, 480.0, 640.0)) if old else \
-                 (lambda b, s, pp=pp: pp.single(b, s, 480.0, 640.0))
-            differing = sum(_key(fn(b, s)) != _key(previous_select(pp, b, s, 480.0, 640.0)) for b, s in decoded)
-            ms = statistics.median(_median_ms(lambda: fn(b, s), runs) for b, s in decoded[:timed])
-            row[name] = {"ms": round(ms, 3), "images_differing_from_previous": differing}
-        row["speedup_default_vs_previous"] = round(row["previous"]["ms"] / row["default"]["ms"], 2)
+        pp = PostProcessor(score_thresh=thresh)
+        variants = {"reference": lambda b, s: reference(pp, b, s, 480.0, 640.0),
+                    "default": lambda b, s: pp.single(b, s, 480.0, 640.0)}
+        differing = 0
+        for b, s in decoded:
+            want, got = variants["reference"](b, s), variants["default"](b, s)
+            differing += not all(torch.equal(want[k], got[k]) for k in ("boxes", "scores", "labels"))
+        times = {k: [] for k in variants}
+        for _ in range(runs):
+            for b, s in decoded:
+                for k, fn in variants.items():
+                    t = time.perf_counter()
+                    fn(b, s)
+                    times[k].append(time.perf_counter() - t)
+        row = {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
+        row.update(images_differing=differing, speedup=round(row["reference"] / row["default"], 2))
         report["thresholds"][str(thresh)] = row
-        print(f"score {thresh}: " + ", ".join(f"{k} {v['ms']:.2f} ms ({v['images_differing_from_previous']} "
-                                              f"of {len(decoded)} differ)" for k, v in row.items() if isinstance(v, dict))
-              + f"; default {row['speedup_default_vs_previous']}x the previous", flush=True)
+        print(f"score {thresh}: reference {row['reference']:.3f} ms, default {row['default']:.3f} ms "
+              f"({row['speedup']}x); {differing} of {len(decoded)} images differ", flush=True)
     if opts.get("json"):
         Path(opts["json"]).parent.mkdir(parents=True, exist_ok=True)
         Path(opts["json"]).write_text(json.dumps(report, indent=1))

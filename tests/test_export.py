@@ -213,26 +213,3 @@ def test_int8_isa_flags_are_read_from_cpuinfo():
     assert int8_bf16_isa(zen1) == []
     assert int8_bf16_isa(sapphire) == ["avx512_vnni", "amx_int8", "avx512_bf16", "amx_bf16"]
     assert int8_bf16_isa("no flags line") is None
-
-
-def test_onnxruntime_session_selects_in_its_graph(exported, bccd_images):
-    """The exported files get Caffe's top-k + NMS appended in the session (dsod.onnx_selection), not in
-    the file; an nms=True file keeps its own output; the detections equal the Python selection's."""
-    import onnx
-
-    from dsod.runners import OrtRunner
-
-    model, tmp = exported
-    assert not OnnxDetector(tmp / "best-nms.onnx").has_selection
-    assert "select_rows" not in {o.name for o in onnx.load(str(tmp / "best.onnx")).graph.output}
-    batch, _ = load_batch(str(bccd_images), 3, 160)
-    x, sizes = torch.from_numpy(batch), [(480, 640)] * 3
-    for path in (tmp / "best.onnx", tmp / "best-int8.onnx"):
-        runner = OrtRunner(path)
-        assert runner.session.has_selection and runner.session.num_anchors == model.anchors_cxcywh.shape[0]
-        boxes, scores = runner(x)  # plain outputs still there (the selection idles)
-        for post in (PostProcessor(), PostProcessor(score_thresh=0.25, detections_per_img=20)):
-            got, want = runner.detect(x, post, sizes), post.select(boxes, scores, sizes)
-            assert sum(len(d["scores"]) for d in got) > 0
-            for g, w in zip(got, want):
-                assert all(torch.equal(g[k], w[k]) for k in ("boxes", "scores", "labels"))

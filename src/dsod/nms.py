@@ -1,21 +1,21 @@
-"""Greedy per-class NMS over each class's own candidate list (Caffe ``DetectionOutput``'s ``ApplyNMSFast``:
-a candidate is dropped when its IoU with a kept, higher-scoring box of its class exceeds the threshold).
+"""Greedy per-class NMS (Caffe ``DetectionOutput``'s ``ApplyNMSFast``: a candidate is dropped when its
+IoU with a kept box of its class, visited earlier, exceeds the threshold).
 
-``class_nms(boxes (C, k, 4), scores (C, k), iou, score_thresh)`` -> (class, rank) of the kept candidates.
+``class_nms(boxes (n, 4), classes, ranks, counts, iou, max_per_class)`` -> positions of the kept
+candidates; ``dsod.selection`` hands it each class's candidates in Caffe's order.
 
-On CPU tensors it runs ONNX Runtime's ``NonMaxSuppression`` kernel, one call for all classes (each
-class is a "batch" of the op), when onnxruntime and onnx are installed; else torchvision's ``nms``,
-one call per class. Both are exact greedy NMS and keep the same boxes (checked on every BCCD and
-chess_rf100 val image, tests/test_postprocess.py); ONNX Runtime's compares each candidate with the boxes
-kept so far and stops at the first that suppresses it, where torchvision's compares each kept box with
-every later candidate: on a trained BCCD model's 3 x 400 candidates at score 0.01 that is ~1.8x less
-time on one core (docs/PERFORMANCE.md, "Post-processing"), and the per-class Python loop goes.
-CUDA tensors use torchvision's GPU kernel. ``DSOD_NMS=torchvision`` forces torchvision's.
+On CPU it runs ONNX Runtime's ``NonMaxSuppression`` kernel, one call for all classes (each class is a
+"batch" of the op), when onnxruntime and onnx are installed; else torchvision's ``nms``, one call per
+class. Both are exact greedy NMS and keep the same boxes (tests/test_postprocess.py); ONNX Runtime's
+compares each candidate with the boxes kept so far and stops at the first that suppresses it, where
+torchvision's compares each kept box with every later candidate: on a trained BCCD model's 3 x 400
+candidates at score 0.01 that was ~1.8x less time on one core (docs/PERFORMANCE.md, "Post-processing"),
+and the per-class Python loop goes. ``DSOD_NMS=torchvision`` forces torchvision's.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -49,38 +49,44 @@ def _session():
     return _SESSION or None
 
 
-def kernel(device: torch.device = torch.device("cpu"), requested: Optional[str] = None) -> str:
-    """The NMS kernel used for tensors on ``device``: ``requested`` ("onnxruntime" | "torchvision"),
-    else ``DSOD_NMS``, else ONNX Runtime's on CPU where installed."""
+def kernel(requested: Optional[str] = None) -> str:
+    """The NMS kernel: ``requested`` ("onnxruntime" | "torchvision"), else ``DSOD_NMS``, else ONNX
+    Runtime's where installed."""
     want = (requested or os.environ.get("DSOD_NMS") or "auto").lower()
     if want not in ("auto", "onnxruntime", "torchvision"):
         raise ValueError(f"NMS kernel {want!r} is not one of auto, onnxruntime, torchvision (DSOD_NMS)")
-    if want == "torchvision" or device.type != "cpu" or _session() is None:
+    if want == "torchvision" or _session() is None:
         return "torchvision"
     return "onnxruntime"
 
 
-def class_nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, score_thresh: float,
-              use: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``boxes`` (C, k, 4) xyxy and ``scores`` (C, k), each class's candidates sorted by score (as
-    ``topk`` returns them); those at or below ``score_thresh`` are not candidates. Returns (classes,
-    ranks) int64 of the kept candidates; ``use``: the kernel (``kernel``)."""
-    if boxes.shape[1] > 0 and kernel(boxes.device, use) == "onnxruntime":
-        feed = {"boxes": boxes.float().contiguous().numpy(), "scores": scores.float().unsqueeze(1).contiguous().numpy(),
-                "max": np.array([boxes.shape[1]], np.int64), "iou": np.array([iou], np.float32),
-                "thresh": np.array([score_thresh], np.float32)}
+def class_nms(boxes: np.ndarray, classes: np.ndarray, ranks: np.ndarray, counts: np.ndarray, iou: float,
+              max_per_class: int, use: Optional[str] = None) -> np.ndarray:
+    """Greedy NMS within each class. ``boxes`` (n, 4) xyxy, grouped by class (``classes``, ascending) and
+    within a class in the order NMS visits them (``ranks``: 0, 1, ... per class); ``counts`` (C,)
+    candidates per class. Returns the positions (into ``boxes``) of the kept candidates, at most
+    ``max_per_class`` per class (the first kept), in no particular order. ``use``: the kernel
+    (``kernel``). The order is handed to the kernels as distinct scores (count - rank), so equal
+    scores keep the caller's order."""
+    n = int(classes.size)
+    if n == 0 or max_per_class <= 0:
+        return np.zeros(0, np.int64)
+    starts = np.cumsum(counts) - counts
+    if kernel(requested=use) == "onnxruntime":
+        width = int(counts.max())
+        c = int(counts.size)
+        padded = np.zeros((c, width, 4), np.float32)
+        order = np.zeros((c, 1, width), np.float32)  # 0: padding, not above the threshold 0
+        padded[classes, ranks] = boxes
+        order[classes, 0, ranks] = (width - ranks).astype(np.float32)
+        feed = {"boxes": padded, "scores": order, "max": np.array([max_per_class], np.int64),
+                "iou": np.array([iou], np.float32), "thresh": np.array([0.0], np.float32)}
         sel = _session().run(None, feed)[0]
-        sel = torch.from_numpy(sel)
-        return sel[:, 0], sel[:, 2]
-    classes, ranks = [], []
-    counts = (scores > score_thresh).sum(1).tolist()  # a prefix of each sorted row
-    for c, n in enumerate(counts):
-        if n:
-            keep = nms(boxes[c, :n], scores[c, :n], iou)
-            classes.append(torch.full_like(keep, c))
-            ranks.append(keep)
-    if not ranks:
-        empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
-        return empty, empty
-    return torch.cat(classes), torch.cat(ranks)
-
+        return starts[sel[:, 0]] + sel[:, 2]
+    t = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
+    kept = []
+    for c in np.flatnonzero(counts):
+        lo, k = int(starts[c]), int(counts[c])
+        order = torch.arange(k, 0, -1, dtype=torch.float32)
+        kept.append(nms(t[lo:lo + k], order, iou)[:max_per_class].numpy() + lo)
+    return np.concatenate(kept)

@@ -23,9 +23,6 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .onnx_selection import OUTPUTS as SELECTION_OUTPUTS
-from .onnx_selection import selection_feed
-
 
 class OnnxDetector:
     """An ONNX Runtime session around an exported DSOD.
@@ -35,7 +32,7 @@ class OnnxDetector:
         threads: intra-op threads (None: ONNX Runtime's default, one per core).
     """
 
-    def __init__(self, path: Union[str, Path], threads: Optional[int] = None, selection: bool = True):
+    def __init__(self, path: Union[str, Path], threads: Optional[int] = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -47,60 +44,24 @@ class OnnxDetector:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-        model = _with_selection(self.path) if selection else None
-        self.session = ort.InferenceSession(model or str(self.path), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        # Caffe DetectionOutput's top-k + NMS in this session (dsod.onnx_selection): ``select``
-        self.has_selection = "select_rows" in self.output_names
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata: Dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
         shape = self.session.get_inputs()[0].shape
         self.image_size = int(self.metadata.get("image_size") or shape[-1])
         self.names: List[str] = list(self.metadata.get("names") or [])
         self.has_nms = "selected" in self.output_names
-        anchors = self.session.get_outputs()[self.output_names.index("boxes")].shape[1] \
-            if "boxes" in self.output_names else None
-        self.num_anchors: Optional[int] = int(self.metadata.get("num_anchors") or 0) or (
-            anchors if isinstance(anchors, int) else None)
 
-    def run(self, batch: np.ndarray, selection: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-        """All outputs by name for a preprocessed batch (``selection``: ``onnx_selection.selection_feed``,
-        where the session has one; without it the selection runs idle: top-1, nothing kept)."""
-        names = self.output_names if selection else [n for n in self.output_names if n not in SELECTION_OUTPUTS]
-        feed = {self.input_name: network_batch(batch)}
-        if self.has_selection:
-            feed.update(selection or _IDLE)
-        return dict(zip(names, self.session.run(names, feed)))
+    def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """All outputs by name for a preprocessed batch."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: network_batch(batch)})))
 
     def predict(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(N, 3, S, S) float32 BGR minus mean -> boxes (N, A, 4) xyxy in [0, 1], scores (N, A, C)."""
         out = self.run(batch)
         return out["boxes"], out["scores"]
-
-    def select(self, batch: np.ndarray, k: int, max_per_class: int, iou: float, score: float) -> Dict[str, np.ndarray]:
-        """The selection's outputs (``onnx_selection.OUTPUTS``) for a preprocessed batch;
-        ``PostProcessor.from_selection`` turns them into detections."""
-        feed = {self.input_name: network_batch(batch), **selection_feed(k, max_per_class, iou, score)}
-        return dict(zip(SELECTION_OUTPUTS, self.session.run(list(SELECTION_OUTPUTS), feed)))
-
-
-_IDLE = selection_feed(1, 0, 0.5, 1.0)
-
-
-def _with_selection(path: Path) -> Optional[bytes]:
-    """The exported model at ``path`` with the selection appended, serialised for ONNX Runtime; None
-    where it cannot take one (``onnx`` missing, a file with ``nms=True`` or other outputs), so the
-    session runs the file as it is and post-processing selects in Python."""
-    try:
-        import onnx
-
-        from .onnx_selection import append_selection
-
-        return append_selection(onnx.load(str(path))).SerializeToString()
-    except (ImportError, ValueError):
-        return None
 
 
 class OpenVinoDetector:

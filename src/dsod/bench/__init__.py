@@ -111,8 +111,8 @@ def load_ours(spec: str, imgsz: Optional[int] = None):
 
 def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarray, imgsz: int
                     ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any], Optional[Callable[..., Any]]]:
-    """(forward(x) callable, notes, detect(x, post) where the session selects in its graph, else None)
-    for one backend of our model."""
+    """(forward(x) callable, notes, decode(x) -> (boxes, scores) where the backend's outputs differ
+    from the eager model's (an exported file), else None) for one backend of our model."""
     from ..model.fast import fuse_for_inference
 
     if name == "eager":
@@ -143,7 +143,6 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
                 quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
             notes = {"graph": f"int8 QDQ (static, minmax, {weight_bits()}-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
-        from ..onnx_backend import OnnxDetector
         from ..runners import OrtRunner
 
         try:
@@ -151,11 +150,7 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
                                engine="openvino" if name.startswith("openvino") else "onnxruntime")
         except ImportError:
             raise BenchError(f"backend {name} needs openvino (pip install openvino)") from None
-        det, detect = runner.session, None
-        if getattr(det, "has_selection", False):  # top-k + NMS in the session (dsod.onnx_selection);
-            detect = (lambda x, post: runner.detect(x, post, [(480, 640)]))
-            det = OnnxDetector(path, threads=torch.get_num_threads(), selection=False)  # the network alone
-        return (lambda x: det.predict(x.numpy())), notes, detect
+        return (lambda x: runner.session.predict(x.numpy())), notes, runner
     raise BenchError(f"unknown backend '{name}'; valid: {', '.join(ALL_BACKENDS)}")
 
 
@@ -267,9 +262,9 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     entries: Dict[Tuple[str, str], Dict[str, Any]] = {}
     fns: Dict[Tuple[str, str], Callable[[torch.Tensor], Any]] = {}
     inputs: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = {}
-    detects: Dict[str, Optional[Callable[..., Any]]] = {}
+    decoders: Dict[str, Optional[Callable[..., Any]]] = {}
     for be in backends:
-        fn, notes, detects[be] = _backend_runner(be, model, workdir, images[:16], imgsz)
+        fn, notes, decoders[be] = _backend_runner(be, model, workdir, images[:16], imgsz)
         fns[(label, be)] = fn
         inputs[(label, be)] = (x1, xb)
         entries[(label, be)] = {"params": params, "macs": macs, **notes}
@@ -300,7 +295,7 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
 
     # Post-processing (batch 1) at dsod val's and dsod predict's score thresholds (bench/post.py).
     pp = postprocess_timings(model, label, x1, peer_objs, {p: inputs[(p, "eager")][0] for p in peer_objs},
-                             {be: fns[(label, be)] for be in backends}, detects, runs)
+                             decoders, runs)
     for (m, be), e in entries.items():
         e.update(pp.get(f"{m}/{be}", pp[m]))
     report["settings"]["postprocess_weights"] = "trained (checkpoint)" if str(name).endswith(".pt") else \

@@ -1,11 +1,11 @@
 """``dsod bench``'s post-processing figures (batch 1): what turning one image's network outputs into
 detections adds, at ``dsod val``'s score 0.01 and ``dsod predict``'s 0.25.
 
-- backends whose session selects in its graph (ONNX Runtime, ``dsod.onnx_selection``): the whole
-  detection (network + top-k + NMS + the best 200) minus the network alone, timed interleaved in one
-  loop, so both pay the same cold caches;
-- the others: ``PostProcessor.select`` on the decoded outputs of the eager model (Python top-k, one
-  NMS call), interleaved with the peers' ``postprocess_detections``.
+Every backend hands its decoded outputs to the same selection (``PostProcessor.select``,
+``dsod.selection``); it is timed on each exported backend's own outputs (int8 scores tie and spread
+otherwise than fp32's, which changes the selection's work) and on the eager model's for the PyTorch
+backends, interleaved in one loop with the peers' ``postprocess_detections``, so all pay the same
+cold caches.
 """
 from __future__ import annotations
 
@@ -16,45 +16,36 @@ import torch
 from ..postprocess import PostProcessor, decode_outputs
 from .timing import interleaved
 
-Detect = Callable[[torch.Tensor, PostProcessor], Any]
+Decode = Callable[[torch.Tensor], Any]
 
 
 def postprocess_timings(model, label: str, x1: torch.Tensor, peers: Dict[str, Any], peer_inputs: Dict[str, torch.Tensor],
-                        networks: Dict[str, Callable[[torch.Tensor], Any]], detects: Dict[str, Optional[Detect]],
-                        runs: int) -> Dict[str, Dict[str, Any]]:
-    """{model or backend key: {"postprocess_ms_b1", "postprocess_ms_b1_conf025" (ours), "postprocess"}}:
-    ``label`` for our Python path, ``label/backend`` for a backend that selects in its graph, and one
-    key per peer. ``networks``/``detects``: backend -> network alone / detect(x, post) (None: no
-    in-graph selection)."""
+                        decoders: Dict[str, Optional[Decode]], runs: int) -> Dict[str, Dict[str, Any]]:
+    """{model or backend key: {"postprocess_ms_b1", "postprocess_ms_b1_conf025", "postprocess"}}: ``label``
+    for the eager model's outputs, ``label/backend`` for a backend with its own (``decoders``: backend ->
+    x -> (boxes, scores), or None), and one key per peer."""
     post, post_predict = PostProcessor(), PostProcessor(score_thresh=0.25)
     with torch.inference_mode():
         out = model(x1)
-        decoded = decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh,
-                                 model.config.anchors.variances)
-    runners = {label: lambda: post.select(*decoded, [(480, 640)]),
-               f"{label}@0.25": lambda: post_predict.select(*decoded, [(480, 640)])}
+        decoded = {label: decode_outputs(out.bbox_regression, out.cls_logits, model.anchors_cxcywh,
+                                         model.config.anchors.variances)}
+    for be, decode in decoders.items():
+        if decode is not None:
+            decoded[f"{label}/{be}"] = decode(x1)
+    runners: Dict[str, Callable[[], Any]] = {}
+    for key, (boxes, scores) in decoded.items():
+        runners[key] = (lambda b, s: (lambda: post.select(b, s, [(480, 640)])))(boxes, scores)
+        runners[f"{key}@0.25"] = (lambda b, s: (lambda: post_predict.select(b, s, [(480, 640)])))(boxes, scores)
     for p, peer in peers.items():
         with torch.inference_mode():
             head, feats = peer.net(peer_inputs[p])
         runners[p] = (lambda pe, x, h, f: (lambda: pe.postprocess(x, h, f)))(peer, peer_inputs[p], head, feats)
-    pp = interleaved(runners, runs)
-    result: Dict[str, Dict[str, Any]] = {
-        label: {"postprocess_ms_b1": pp[label] * 1e3, "postprocess_ms_b1_conf025": pp[f"{label}@0.25"] * 1e3,
-                "postprocess": "Python top-k + one NMS call (dsod.postprocess)"}}
+    pp = interleaved(runners, max(runs, 9))
+    result: Dict[str, Dict[str, Any]] = {}
+    for key in decoded:
+        result[key] = {"postprocess_ms_b1": pp[key] * 1e3, "postprocess_ms_b1_conf025": pp[f"{key}@0.25"] * 1e3,
+                       "postprocess": "Caffe's selection on a prefix of the score order (dsod.selection)"
+                                      + (" on this backend's outputs" if "/" in key else "")}
     for p in peers:
         result[p] = {"postprocess_ms_b1": pp[p] * 1e3, "postprocess": "torchvision postprocess_detections"}
-    in_graph = {be: fn for be, fn in detects.items() if fn is not None}
-    if in_graph:
-        loop: Dict[str, Callable[[], Any]] = {}
-        for be, detect in in_graph.items():
-            loop[be] = (lambda f: (lambda: f(x1)))(networks[be])
-            loop[f"{be}+select"] = (lambda f: (lambda: f(x1, post)))(detect)
-            loop[f"{be}+select@0.25"] = (lambda f: (lambda: f(x1, post_predict)))(detect)
-        t = interleaved(loop, max(runs, 9))
-        for be in in_graph:
-            result[f"{label}/{be}"] = {
-                "postprocess_ms_b1": max(0.0, t[f"{be}+select"] - t[be]) * 1e3,
-                "postprocess_ms_b1_conf025": max(0.0, t[f"{be}+select@0.25"] - t[be]) * 1e3,
-                "postprocess": "top-k + NMS in the session's graph (dsod.onnx_selection): detection minus network",
-                "detect_ms_b1": t[f"{be}+select"] * 1e3, "network_ms_b1_same_loop": t[be] * 1e3}
     return result
