@@ -79,13 +79,13 @@ def _reference(boxes, scores, score_thresh, nms_thresh, topk, limit):
     return sorted(found, reverse=True)[:limit]
 
 
-@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime"])
+@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime", "numba"])
 @pytest.mark.parametrize("score_thresh,limit", [(0.01, 200), (0.25, 50), (0.9, 200)])
 def test_selection_equals_caffe_detection_output(kernel, score_thresh, limit):
     """Both NMS kernels (dsod.nms) and the numpy top-k give exactly the candidates and survivors of the
     plain per-class loop, on dense overlapping candidates."""
-    if kernel == "onnxruntime":
-        pytest.importorskip("onnxruntime")
+    if kernel != "torchvision":
+        pytest.importorskip(kernel)
     from dsod.nms import kernel as pick
     assert pick(requested=kernel) == kernel
     pp = PostProcessor(score_thresh=score_thresh, detections_per_img=limit, nms_kernel=kernel)
@@ -128,7 +128,7 @@ def _caffe(boxes, scores, score_thresh, nms_thresh, top_k, keep_top_k):
     return found[:keep_top_k]
 
 
-@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime"])
+@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime", "numba"])
 @pytest.mark.parametrize("levels", [None, 64])
 @pytest.mark.parametrize("score_thresh,limit,top_k", [(0.01, 200, 400), (0.25, 50, 400), (0.01, 150, 40)])
 def test_selection_is_caffes_with_equal_scores_whatever_prefix_it_tries_first(kernel, levels, score_thresh, limit,
@@ -141,8 +141,8 @@ def test_selection_is_caffes_with_equal_scores_whatever_prefix_it_tries_first(ke
     import numpy as np
 
     from dsod.selection import PrefixSelector
-    if kernel == "onnxruntime":
-        pytest.importorskip("onnxruntime")
+    if kernel != "torchvision":
+        pytest.importorskip(kernel)
     ties = 0
     for seed in range(3):
         boxes, scores = (t.numpy() for t in _dense_candidates(seed, anchors=1500, classes=4))
@@ -177,3 +177,18 @@ def test_nms_kernel_setting_is_checked(monkeypatch):
     monkeypatch.setenv("DSOD_NMS", "fast")
     with pytest.raises(ValueError, match="DSOD_NMS"):
         kernel()
+
+
+@pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime", "numba"])
+def test_iou_equal_to_the_threshold_does_not_suppress(kernel):
+    """Caffe keeps a box whose IoU with a kept one is at most the threshold (``overlap <=
+    adaptive_threshold``): here exactly 0.45 in float32 (intersection 0.45 over a union of 1), so both
+    boxes stay; a hair more overlap and the second goes."""
+    if kernel != "torchvision":
+        pytest.importorskip(kernel)
+    from dsod.selection import PrefixSelector
+    for x1, kept in ((0.45, 2), (0.46, 1)):
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, x1, 1.0]]).numpy()
+        scores = torch.tensor([[0.9], [0.8]]).numpy()
+        anchors, _, _ = PrefixSelector(nms_kernel=kernel).select(boxes, scores)
+        assert len(anchors) == kept

@@ -14,6 +14,7 @@ and the per-class Python loop goes. ``DSOD_NMS=torchvision`` forces torchvision'
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -49,12 +50,23 @@ def _session():
     return _SESSION or None
 
 
+@functools.lru_cache(maxsize=None)
+def numba_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def kernel(requested: Optional[str] = None) -> str:
-    """The NMS kernel: ``requested`` ("onnxruntime" | "torchvision"), else ``DSOD_NMS``, else ONNX
-    Runtime's where installed."""
+    """The selection's NMS kernel: ``requested`` ("numba" | "onnxruntime" | "torchvision"), else
+    ``DSOD_NMS``, else the first installed of numba (the whole selection compiled,
+    ``dsod.selection_kernel``), ONNX Runtime, torchvision. A requested kernel that is not installed
+    falls back in the same order."""
     want = (requested or os.environ.get("DSOD_NMS") or "auto").lower()
-    if want not in ("auto", "onnxruntime", "torchvision"):
-        raise ValueError(f"NMS kernel {want!r} is not one of auto, onnxruntime, torchvision (DSOD_NMS)")
+    if want not in ("auto", "numba", "onnxruntime", "torchvision"):
+        raise ValueError(f"NMS kernel {want!r} is not one of auto, numba, onnxruntime, torchvision (DSOD_NMS)")
+    if want in ("auto", "numba") and numba_available():
+        return "numba"
     if want == "torchvision" or _session() is None:
         return "torchvision"
     return "onnxruntime"
@@ -72,7 +84,7 @@ def class_nms(boxes: np.ndarray, classes: np.ndarray, ranks: np.ndarray, counts:
     if n == 0 or max_per_class <= 0:
         return np.zeros(0, np.int64)
     starts = np.cumsum(counts) - counts
-    if kernel(requested=use) == "onnxruntime":
+    if kernel(requested=use) != "torchvision" and _session() is not None:
         width = int(counts.max())
         c = int(counts.size)
         padded = np.zeros((c, width, 4), np.float32)

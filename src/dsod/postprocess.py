@@ -23,7 +23,9 @@ def decode_outputs(bbox_regression: torch.Tensor, cls_logits: torch.Tensor, anch
     probabilities without the background class): the part of ``DetectionOutput`` every backend shares
     (eager here, the exported ONNX graph in ``dsod.export``, which traces this same function)."""
     boxes = cxcywh_to_xyxy(decode(bbox_regression.float(), anchors_cxcywh, variances))
-    return boxes, torch.softmax(cls_logits.float(), dim=-1)[..., 1:]
+    # contiguous: the selection reads the scores as one flat array (a strided view cost ~0.1 ms a
+    # BCCD image there); no node in the exported graph
+    return boxes, torch.softmax(cls_logits.float(), dim=-1)[..., 1:].contiguous()
 
 
 class PostProcessor:

@@ -17,7 +17,10 @@ its 200 detections; per-class top-k over every anchor then NMS over 13 x 400 (nu
 TopK, as this module replaced) cost 2-4 ms there, 7-10x this (docs/PERFORMANCE.md "Post-processing").
 
 No library does this: torchvision's ``batched_nms`` and ONNX ``NonMaxSuppression`` run NMS over all
-the candidates they are given; both are used here as the NMS kernel (``dsod.nms``).
+the candidates they are given. Where numba is installed (the ``fast`` extra) the whole selection is
+one compiled call (``dsod.selection_kernel``, ~2x faster where it matters, after the network, on cold
+caches); otherwise NumPy here with ONNX Runtime's or torchvision's NMS (``dsod.nms``). Same
+detections either way (tests/test_postprocess.py).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .nms import class_nms
+from .nms import class_nms, kernel
 
 _SAMPLE = 8192  # scores sampled to guess the threshold of a prefix of about m pairs
 _ANCHOR_BITS, _CLASS_BITS = 20, 12  # sort keys: class | inverted score bits | anchor in one uint64
@@ -65,6 +68,16 @@ class PrefixSelector:
     def select(self, boxes: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         a_count, c_count = scores.shape
         flat = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)  # pair index: anchor * C + class
+        if kernel(self.nms_kernel) == "numba" and a_count < (1 << _ANCHOR_BITS) and c_count < (1 << _CLASS_BITS):
+            from . import selection_kernel
+
+            pairs, need = selection_kernel.select(
+                np.ascontiguousarray(boxes, dtype=np.float32), flat, c_count, self.hint, np.float32(self.score_thresh),
+                self.top_k, self.keep_top_k, np.float32(self.nms_thresh))
+            if need >= 0:
+                self.hint = max(self.keep_top_k, int(1.5 * need), int(0.9 * self.hint))
+            anchors, classes = np.divmod(pairs, c_count)
+            return anchors, classes, flat[pairs]
         keep = self.keep_top_k
         m = self.hint
         while True:
