@@ -24,6 +24,7 @@ detections either way (tests/test_postprocess.py).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import numpy as np
@@ -44,6 +45,17 @@ def _threshold_for(flat: np.ndarray, m: int, floor: float) -> float:
     if j >= sample.size:
         return floor
     return max(floor, float(np.partition(sample, sample.size - j)[sample.size - j]))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    """``dsod.selection_kernel``, or None where numba cannot load it (e.g. no writable cache
+    directory for its compiled code); the NumPy path then gives the same detections."""
+    try:
+        from . import selection_kernel
+    except (ImportError, RuntimeError, OSError):
+        return None
+    return selection_kernel
 
 
 def _descending(s: np.ndarray) -> np.ndarray:
@@ -68,10 +80,9 @@ class PrefixSelector:
     def select(self, boxes: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         a_count, c_count = scores.shape
         flat = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)  # pair index: anchor * C + class
-        if kernel(self.nms_kernel) == "numba" and a_count < (1 << _ANCHOR_BITS) and c_count < (1 << _CLASS_BITS):
-            from . import selection_kernel
-
-            pairs, need = selection_kernel.select(
+        compiled = _compiled() if kernel(self.nms_kernel) == "numba" else None
+        if compiled is not None and a_count < (1 << _ANCHOR_BITS) and c_count < (1 << _CLASS_BITS):
+            pairs, need = compiled.select(
                 np.ascontiguousarray(boxes, dtype=np.float32), flat, c_count, self.hint, np.float32(self.score_thresh),
                 self.top_k, self.keep_top_k, np.float32(self.nms_thresh))
             if need >= 0:
