@@ -85,8 +85,7 @@ class PrefixSelector:
             pairs, need = compiled.select(
                 np.ascontiguousarray(boxes, dtype=np.float32), flat, c_count, self.hint, np.float32(self.score_thresh),
                 self.top_k, self.keep_top_k, np.float32(self.nms_thresh))
-            if need >= 0:
-                self.hint = max(self.keep_top_k, int(1.5 * need), int(0.9 * self.hint))
+            self._learn(need)
             anchors, classes = np.divmod(pairs, c_count)
             return anchors, classes, flat[pairs]
         keep = self.keep_top_k
@@ -98,7 +97,8 @@ class PrefixSelector:
             anchors, classes = np.divmod(pairs, c_count)
             found = self._survivors(boxes, flat[pairs], anchors, classes, a_count)
             if keep == 0 or len(found[0]) >= keep or complete:
-                self._learn(flat[pairs], found[2], len(pairs))
+                if keep and len(found[0]) >= keep:  # pairs scoring at least the last detection's
+                    self._learn(int(np.count_nonzero(flat[pairs] >= found[2][keep - 1])))
                 return tuple(f[:keep] for f in found)
             # too few survivors: a prefix ~keep/found times longer, at least twice as long
             m = max(2 * m, int(m * 1.25 * keep / max(1, len(found[0]))))
@@ -122,12 +122,11 @@ class PrefixSelector:
             counts = np.minimum(counts, self.top_k)
             starts = np.cumsum(counts) - counts
         kept = class_nms(boxes[anchors], classes, rank, counts, self.nms_thresh,
-                               min(self.keep_top_k, self.top_k), self.nms_kernel)  # positions, any order
+                         min(self.keep_top_k, self.top_k), self.nms_kernel)  # positions, any order
         kept = kept[np.argsort(_descending(s[kept]) << np.uint64(32) | kept.astype(np.uint64))]
         return anchors[kept], classes[kept], s[kept]
 
-    def _learn(self, prefix_scores: np.ndarray, survivor_scores: np.ndarray, total: int) -> None:
-        """Learn from how many pairs this image needed (those scoring at least its last detection's)."""
-        if survivor_scores.size >= self.keep_top_k > 0:
-            need = int(np.count_nonzero(prefix_scores >= survivor_scores[self.keep_top_k - 1]))
+    def _learn(self, need: int) -> None:
+        """Learn from how many pairs this image needed (-1: fewer than ``keep_top_k`` survived)."""
+        if need >= 0:
             self.hint = max(self.keep_top_k, int(1.5 * need), int(0.9 * self.hint))

@@ -205,11 +205,13 @@ class Trainer:
                 load_bn_buffers(self.eval_model, train_bn)
 
     # ------------------------------------------------------------------ precise BN
-    def _extra_batches(self, num_batches: int, targets: bool = False, stream: int = 0):
-        """Augmented training batches from a stream of their own (the training order is untouched)."""
+    def _extra_batches(self, num_batches: int, targets: bool = False, stream: int = 0, workers: Optional[int] = None):
+        """Augmented training batches from a stream of their own (the training order is untouched; the
+        images and their augmentation depend on the stream's keys, not on ``workers``)."""
         a = self.args
         return side_batches(self.train_set, a.batch, num_batches, seed=side_seed(a.seed, self.iteration, stream),
-                            rank=self.rank, world=self.world, workers=a.workers, targets=targets)
+                            rank=self.rank, world=self.world, workers=a.workers if workers is None else workers,
+                            targets=targets)
 
     def _precise_bn(self) -> Optional[Dict[str, torch.Tensor]]:
         """Re-estimate the evaluated weights' BN statistics (all ranks); returns the buffers to put back."""
@@ -217,7 +219,9 @@ class Trainer:
             return None
         num_batches = max(1, math.ceil(self.precise_images / (self.args.batch * self.world)))
         t0 = time.time()
-        previous = recompute_bn_stats(self.eval_model, self._extra_batches(num_batches), self.device,
+        # loaded in this process: for the 2 batches of the default, starting the loader's worker
+        # processes cost more than the loading they would overlap (docs/RESULTS.md, precise BN cost)
+        previous = recompute_bn_stats(self.eval_model, self._extra_batches(num_batches, workers=0), self.device,
                                       autocast_context(self.device, self.use_amp, self.use_bf16))
         self.precise_seconds = getattr(self, "precise_seconds", 0.0) + time.time() - t0
         return previous
