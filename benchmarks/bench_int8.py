@@ -130,7 +130,7 @@ def main() -> int:
             out = model(torch.from_numpy(x))
         evals["eager_fp32"].update([r.image_id], post(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, hw))
         for key, det in (("onnxruntime_fp32", ort32), ("onnxruntime_int8", ort8)):
-            evals[key].update([r.image_id], det.detect(torch.from_numpy(x), post, hw))
+            evals[key].update([r.image_id], post.select(*det(torch.from_numpy(x)), hw))
     maps = {k: float(e.compute()["voc07_map50"]) for k, e in evals.items()}
 
     x1 = torch.from_numpy(calib[:1].copy())

@@ -169,7 +169,7 @@ def timed_speeds(files: Dict[str, Path], runs: int = 5) -> Dict[str, float]:
     for i in range(runs + 1):
         for k, runner in runners.items():
             t0 = time.perf_counter()
-            runner.detect(x, post, [(size, size)])  # what is served: the network and the selection
+            post.select(*runner(x), [(size, size)])  # what is served: the network and the selection
             if i:
                 times[k].append(time.perf_counter() - t0)
     ms = {k: round(1000 * min(v), 2) for k, v in times.items()}

@@ -2,9 +2,9 @@
 threshold (0.01) and top-k (400), per-class greedy NMS (0.45, ``dsod.nms``), keep the best 200
 per image. One loop over images.
 
-Every backend's decoded outputs go through the same selection, ``dsod.selection`` (numpy, exactly
-Caffe's, equal scores included: tested against the original loop), which looks only at the prefix of
-the score order that can hold the detections."""
+Every backend's decoded outputs go through the same selection, ``dsod.selection`` (one compiled call
+where numba is installed, else NumPy; exactly Caffe's, equal scores included: tested against the
+original loop), which sorts only the prefix of the score order that can hold the detections."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple

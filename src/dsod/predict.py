@@ -102,7 +102,7 @@ class Detector:
 
     def detect(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
         """A preprocessed batch (N, 3, S, S) -> one result per image (boxes in ``image_sizes`` pixels)."""
-        results = self.runner.detect(x, self.postprocessor, image_sizes)
+        results = self.postprocessor.select(*self.runner(x), image_sizes)
         for d in results:
             d["names"] = [self.names[int(l)] if int(l) < len(self.names) else str(int(l)) for l in d["labels"]]
         return results

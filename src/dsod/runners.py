@@ -13,7 +13,7 @@ check of ``dsod export`` all go through a runner, so each measures or serves the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,8 +22,6 @@ from tqdm import tqdm
 from .postprocess import PostProcessor, decode_outputs
 
 Decoded = Tuple[torch.Tensor, torch.Tensor]
-Detections = List[Dict[str, torch.Tensor]]
-Sizes = Sequence[Tuple[int, int]]
 
 
 class TorchRunner:
@@ -47,10 +45,6 @@ class TorchRunner:
         boxes, scores = decode_outputs(out.bbox_regression, out.cls_logits, self.anchors, self.variances)
         return boxes.cpu(), scores.cpu()
 
-    def detect(self, x: torch.Tensor, post: PostProcessor, sizes: Optional[Sizes] = None) -> Detections:
-        """Detections for a preprocessed batch (boxes in ``sizes``' pixels)."""
-        return post.select(*self(x), sizes)
-
 
 class OrtRunner:
     """An exported model in ONNX Runtime (``engine="onnxruntime"``) or OpenVINO (``"openvino"``);
@@ -69,10 +63,6 @@ class OrtRunner:
         boxes, scores = self.session.predict(np.ascontiguousarray(x.numpy(), dtype=np.float32))
         return torch.from_numpy(boxes), torch.from_numpy(scores)
 
-    def detect(self, x: torch.Tensor, post: PostProcessor, sizes: Optional[Sizes] = None) -> Detections:
-        """Detections for a preprocessed batch (boxes in ``sizes``' pixels)."""
-        return post.select(*self(x), sizes)
-
 
 def evaluate(runner, loader, evaluator, postprocessor: PostProcessor, progress: bool = True,
              desc: str = "val") -> Dict[str, Any]:
@@ -80,5 +70,5 @@ def evaluate(runner, loader, evaluator, postprocessor: PostProcessor, progress: 
     ``eval_transform``): detections in original image pixels, as ``dsod predict`` reports them."""
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        evaluator.update([t["image_id"] for t in targets], runner.detect(images, postprocessor, sizes))
+        evaluator.update([t["image_id"] for t in targets], postprocessor.select(*runner(images), sizes))
     return evaluator.compute()

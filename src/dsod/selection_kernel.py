@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_SAMPLE = 8192  # as dsod.selection: scores sampled to guess a threshold
-_A_BITS, _C_SHIFT = 20, 52  # key: class (12 bits) | inverted score bits (32) | anchor (20)
+from .selection import _ANCHOR_BITS as _A_BITS
+from .selection import _CLASS_BITS, _SAMPLE
+
+_C_SHIFT = 64 - _CLASS_BITS  # key: class | inverted score bits (32) | anchor (_A_BITS), as dsod.selection
 
 
 @njit(cache=True, nogil=True)
@@ -106,7 +108,7 @@ def _prefix(boxes, flat, num_classes, t, top_k, max_per_class, iou, keep_top_k):
         last = (order[keep_top_k - 1] >> np.uint64(32)) << np.uint64(_A_BITS)  # its inverted score bits
         need = 0
         for p in range(count):
-            if (keys[p] & np.uint64(0xFFFFFFFFFFFFF)) < last + np.uint64(1 << _A_BITS):  # score >= its
+            if (keys[p] & np.uint64((1 << _C_SHIFT) - 1)) < last + np.uint64(1 << _A_BITS):  # score >= its
                 need += 1
     return out, need
 
