@@ -67,7 +67,7 @@ def _average_bn_worker(rank: int, port: int, out: str) -> None:
 
 def test_precise_bn_averages_every_bn_layer_across_processes_in_one_collective(tmp_path):
     """Plain BN under DDP: each process's re-estimated statistics become the mean over the processes,
-    layer by layer (one all_reduce of them all; one per tensor took 0.34 s on dsod-tiny)."""
+    layer by layer (one all_reduce of them all; one per tensor took 0.21-0.34 s on dsod-tiny)."""
     import socket
 
     import torch

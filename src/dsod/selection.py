@@ -14,11 +14,12 @@ them, runs the per-class top-k and NMS on those, and lowers ``t`` (down to ``sco
 when fewer than ``keep_top_k`` survive. A trained model at ``dsod val``'s score 0.01 has nearly every
 pair above the threshold (148k of 151k on a 13-class chess model), but needs only ~900 of them for
 its 200 detections; per-class top-k over every anchor then NMS over 13 x 400 (numpy or ONNX Runtime's
-TopK, as this module replaced) cost 2-4 ms there, 7-10x this (docs/PERFORMANCE.md "Post-processing").
+TopK, as this module replaced) took 3.5-4.4 ms there, this 0.5-0.85 ms (AMD Zen 4; docs/PERFORMANCE.md
+"Post-processing").
 
 No library does this: torchvision's ``batched_nms`` and ONNX ``NonMaxSuppression`` run NMS over all
 the candidates they are given. Where numba is installed (the ``fast`` extra) the whole selection is
-one compiled call (``dsod.selection_kernel``, ~2x faster where it matters, after the network, on cold
+one compiled call (``dsod.selection_kernel``, 1.6-2.4x faster where it matters, after the network, on cold
 caches); otherwise NumPy here with ONNX Runtime's or torchvision's NMS (``dsod.nms``). Same
 detections either way (tests/test_postprocess.py).
 """

@@ -10,7 +10,7 @@ One call of a few kilobytes of machine code pays that once. No library has Caffe
 prefix; the NMS loop is written here, with ONNX Runtime's ``NonMaxSuppression`` IoU test (the same
 float32 operations, so the same boxes as the ``onnxruntime`` kernel; tests/test_postprocess.py).
 
-Compiled on first use (~2.5 s) and cached on disk by numba (``cache=True``; ~0.1 s to load).
+Compiled on first use (~8 s once on an AMD Zen 4) and cached on disk by numba (``cache=True``).
 """
 from __future__ import annotations
 
