@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dsod.data.spec import load_dataset  # noqa: E402
-from dsod.engine.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from dsod.export import export_onnx, quantize_int8, weight_bits  # noqa: E402
+from dsod.inference.postprocess.detection_output import PostProcessor  # noqa: E402
+from dsod.inference.runners import OrtRunner  # noqa: E402
+from dsod.inference.sessions import preprocess_rgb, read_rgb  # noqa: E402
 from dsod.metrics import Evaluator  # noqa: E402
+from dsod.model.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from dsod.model.fast import fuse_for_inference  # noqa: E402
-from dsod.onnx_backend import preprocess_rgb, read_rgb  # noqa: E402
-from dsod.runners import OrtRunner  # noqa: E402
-from dsod.postprocess import PostProcessor  # noqa: E402
 
 
 def ort_profile(path: Path, x: np.ndarray, runs: int, threads: int) -> dict:

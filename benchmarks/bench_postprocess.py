@@ -1,5 +1,5 @@
 """Post-processing (``PostProcessor.select``, batch 1) on a trained checkpoint's real outputs: the
-default (``dsod.selection``: Caffe's selection on a prefix of the score order) against Caffe's
+default (``dsod.inference.postprocess.selection``: Caffe's selection on a prefix of the score order) against Caffe's
 selection written per class over every anchor (each class's scores stable-sorted, the first 400,
 torchvision's NMS, the best 200: the reference). Every image's detections must be identical (boxes,
 scores, labels, order); the times are medians over ``images`` val images x ``runs``, the two
@@ -49,10 +49,10 @@ def reference(pp, boxes, scores, h, w):
 
 def main(argv):
     from dsod.data import DetectionDataset, eval_transform, load_dataset
-    from dsod.engine.checkpoint import build_from_checkpoint, load_checkpoint
-    from dsod.hardware import cpu_summary
-    from dsod.nms import kernel
-    from dsod.postprocess import PostProcessor, decode_outputs
+    from dsod.inference.postprocess.detection_output import PostProcessor, decode_outputs
+    from dsod.inference.postprocess.nms import kernel
+    from dsod.model.checkpoint import build_from_checkpoint, load_checkpoint
+    from dsod.runtime.hardware import cpu_summary
 
     path, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     torch.set_num_threads(int(opts.get("threads", 1)))
@@ -64,7 +64,7 @@ def main(argv):
     ds = DetectionDataset(records, eval_transform(cfg.image_size), train=False)
     runner = None
     if opts.get("onnx"):
-        from dsod.runners import OrtRunner
+        from dsod.inference.runners import OrtRunner
         runner = OrtRunner(opts["onnx"], threads=1)
     decoded = []
     with torch.inference_mode():

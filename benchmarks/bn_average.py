@@ -24,7 +24,7 @@ def _worker(rank: int, port: int, model_name: str, runs: int) -> None:
     import torch.distributed as dist
 
     from dsod.engine.precise_bn import _average_across_processes
-    from dsod.load import load_model
+    from dsod.model.load import load_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

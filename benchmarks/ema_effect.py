@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader
 
 def main(argv):
     from dsod.data import DetectionDataset, collate, eval_transform, load_dataset, train_transform
-    from dsod.engine.checkpoint import build_from_checkpoint, load_checkpoint
+    from dsod.data.sampler import ResumableBatchSampler
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.precise_bn import recompute_bn_stats
-    from dsod.data.sampler import ResumableBatchSampler
     from dsod.metrics import Evaluator
+    from dsod.model.checkpoint import build_from_checkpoint, load_checkpoint
 
     path, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     ckpt = load_checkpoint(path)

@@ -7,7 +7,7 @@
    channels_last parity with the CPU, the matcher and the loss without host synchronisation,
    post-processing).
 2. train: DSOD300 from scratch, ``iterations`` steps at ``batch`` with AMP, through the Python API
-   ``dsod.engine.trainer.train`` on the synthetic demo set (``dsod.synthetic``) or ``data=``:
+   ``dsod.engine.trainer.train`` on the synthetic demo set (``dsod.data.synthetic``) or ``data=``:
    images/s (between the first and the last logged iteration, and overall), peak GPU memory per image
    (``torch.cuda.max_memory_allocated`` / batch) and whether the loss falls. Validation is off: the
    check measures training, and faster-coco-eval (COCO AP) may be missing.
@@ -145,7 +145,7 @@ def part_speed(opts: Dict[str, Any], data: str, work: Path) -> Dict[str, Any]:
     import torch
 
     from dsod import build_model
-    from dsod.postprocess import PostProcessor
+    from dsod.inference.postprocess.detection_output import PostProcessor
 
     torch.backends.cudnn.benchmark = True
     try:
@@ -205,7 +205,7 @@ def part_speed(opts: Dict[str, Any], data: str, work: Path) -> Dict[str, Any]:
 
 
 def part_ddp(opts: Dict[str, Any], data: str, work: Path) -> Dict[str, Any]:
-    from dsod.engine.checkpoint import load_checkpoint
+    from dsod.model.checkpoint import load_checkpoint
 
     iterations = 10
     keys = _train_kwargs(dict(data=data, model="dsod300", iterations=iterations, batch=8, device="cuda",
@@ -303,9 +303,9 @@ def main(argv: List[str]) -> int:
     try:
         data = opts["data"]
         if not data:
-            from dsod.synthetic import make_synthetic_voc
+            from dsod.data.synthetic import make_synthetic_voc
             data = str(make_synthetic_voc(work / "data"))
-            report["data"] = f"synthetic demo set (dsod.synthetic): {data}"
+            report["data"] = f"synthetic demo set (dsod.data.synthetic): {data}"
         else:
             report["data"] = data
     except Exception as e:  # noqa: BLE001

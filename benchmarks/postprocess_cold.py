@@ -28,10 +28,10 @@ def _spin(seconds: float) -> None:
 
 
 def main(argv):
-    from dsod import nms
     from dsod.export import load_batch
-    from dsod.postprocess import PostProcessor
-    from dsod.runners import OrtRunner
+    from dsod.inference.postprocess import nms
+    from dsod.inference.postprocess.detection_output import PostProcessor
+    from dsod.inference.runners import OrtRunner
 
     path, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     torch.set_num_threads(1)

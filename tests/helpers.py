@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dsod.engine.distributed import free_port  # noqa: F401 (the tests' DDP runs use the project's)
+from dsod.runtime.distributed import free_port  # noqa: F401 (the tests' DDP runs use the project's)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -78,7 +78,7 @@ def assert_no_host_sync():
 
 
 def reference_match(iou: torch.Tensor, threshold: float = 0.5):
-    """The matcher ``dsod.matching`` had before it became synchronisation-free, kept as the oracle:
+    """The matcher ``dsod.geometry.matching`` had before it became synchronisation-free, kept as the oracle:
     one host round trip per ground truth (``int(argmax)``, ``if work[g, a] <= 1e-6: break``).
     Caffe's MatchBBox, ties to the first pair in (ground truth, box) row-major order."""
     num_gt, num_anchors = iou.shape

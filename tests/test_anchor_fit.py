@@ -7,16 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from dsod.anchors import default_boxes, ssd_sizes
-from dsod.boxes import cxcywh_to_xyxy
 from dsod.cli import main
 from dsod.config import get_config
 from dsod.data import load_dataset
 from dsod.data.check import normalised_boxes, unmatched_mask
-from dsod.engine.checkpoint import config_from_dict, config_to_dict
-from dsod.loss import MultiBoxLoss
+from dsod.geometry.anchors import default_boxes, ssd_sizes
+from dsod.geometry.boxes import cxcywh_to_xyxy
 from dsod.model import build_model, feature_sizes
 from dsod.model.anchor_fit import coverage, fit_anchors
+from dsod.model.checkpoint import config_from_dict, config_to_dict
+from dsod.model.loss import MultiBoxLoss
 
 DATA = {"bccd": "bccd", "chess": "chess_rf100/data.yaml", "coco128": "coco128/object_detection/config.yaml"}
 

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from dsod.anchors import anchors_per_location, default_aspect_ratios, default_boxes, ssd_sizes
 from dsod.config import DSOD300, DSOD512
+from dsod.geometry.anchors import anchors_per_location, default_aspect_ratios, default_boxes, ssd_sizes
 
 SIZES_300 = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (2, 2)]
 

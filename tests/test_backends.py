@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import confident_dsod_nano
 
 from dsod.cli import main
-from dsod.engine.checkpoint import model_payload, save_checkpoint
-from helpers import confident_dsod_nano
+from dsod.model.checkpoint import model_payload, save_checkpoint
 
 NAMES = ["Platelets", "RBC", "WBC"]  # as the VOC reader sorts them
 IMAGES = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00003"]
@@ -66,7 +66,7 @@ def test_preprocess_is_the_val_transform(shared_data):
 
     from dsod.data import eval_transform, load_image
     from dsod.data.preprocess import preprocess
-    from dsod.onnx_backend import preprocess_rgb
+    from dsod.inference.sessions import preprocess_rgb
 
     rgb = load_image(shared_data / "bccd" / "JPEGImages" / "BloodImage_00000.jpg")
     target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=rgb.shape[:2]),
@@ -77,8 +77,8 @@ def test_preprocess_is_the_val_transform(shared_data):
 
 
 def test_auto_caches_the_export_and_rebuilds_it_when_the_checkpoint_changes(small_voc, tmp_path, capsys):
-    from dsod.backends import choose_backend
-    from dsod.onnx_backend import read_metadata
+    from dsod.inference.backends import choose_backend
+    from dsod.inference.sessions import read_metadata
 
     _, src = small_voc
     ckpt = tmp_path / "best.pt"
@@ -104,11 +104,11 @@ def test_auto_serves_int8_only_within_the_measured_accuracy_loss(small_voc, tmp_
     8-bit weights with int8 dot products, 7-bit without) and serves it only if it lost <= 0.5 points
     and int8 pays here: always with VNNI/AMX, otherwise only if it timed >= 1.15x faster than the
     fastest fp32 engine on this CPU (timed once, remembered beside the files); else that engine."""
-    from dsod.backends import choose_backend, openvino_available
     from dsod.export import has_int8_dot
     from dsod.export.build import add_metadata
-    from dsod.hardware import cpu_id
-    from dsod.onnx_backend import read_metadata
+    from dsod.inference.backends import choose_backend, openvino_available
+    from dsod.inference.sessions import read_metadata
+    from dsod.runtime.hardware import cpu_id
 
     root, src = small_voc
     ckpt = tmp_path / "best.pt"
@@ -154,7 +154,7 @@ def test_auto_serves_int8_only_within_the_measured_accuracy_loss(small_voc, tmp_
 def test_auto_without_onnxruntime_is_the_fused_path(small_voc, monkeypatch):
     import sys
 
-    from dsod.backends import choose_backend
+    from dsod.inference.backends import choose_backend
 
     _, ckpt = small_voc
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
@@ -167,7 +167,7 @@ def test_openvino_runs_the_onnxruntime_file_alike(small_voc, tmp_path, monkeypat
     openvino is not installed, asking for it is a one-line error and auto falls back to onnxruntime."""
     import sys
 
-    from dsod.backends import BackendError, choose_backend, open_runner
+    from dsod.inference.backends import BackendError, choose_backend, open_runner
 
     _, src = small_voc
     ckpt = tmp_path / "best.pt"

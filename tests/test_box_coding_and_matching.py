@@ -1,11 +1,11 @@
 import math
 
 import torch
-
-from dsod.box_coder import decode, encode
-from dsod.boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
-from dsod.matching import match
 from helpers import reference_match as _reference_match
+
+from dsod.geometry.box_coder import decode, encode
+from dsod.geometry.boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
+from dsod.geometry.matching import match
 
 
 def test_encode_hand_values_and_round_trip():
@@ -117,7 +117,7 @@ def test_ties_go_to_the_first_pair_in_row_major_order():
 
 
 def test_match_many_equals_match_per_image():
-    from dsod.matching import match_many
+    from dsod.geometry.matching import match_many
 
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
@@ -135,7 +135,7 @@ def test_match_many_equals_match_per_image():
 def test_match_has_no_host_synchronisation():
     from helpers import assert_no_host_sync
 
-    from dsod.matching import match_many
+    from dsod.geometry.matching import match_many
 
     iou = torch.rand(3, 7, 50)
     with assert_no_host_sync():
@@ -144,8 +144,8 @@ def test_match_has_no_host_synchronisation():
 
 
 def _dsod300_anchors():
-    from dsod.anchors import default_boxes
     from dsod.config import get_config
+    from dsod.geometry.anchors import default_boxes
     from dsod.model.factory import feature_sizes
 
     cfg = get_config("dsod300")
@@ -156,7 +156,7 @@ def test_sync_free_match_equals_the_previous_implementation_on_bccd(shared_data)
     """BCCD train images' boxes (13-28 per image, many touching or overlapping cells) against
     DSOD300's 8744 default boxes: identical assignments, one image at a time and in batches of 16."""
     from dsod.data import load_dataset
-    from dsod.matching import match_many
+    from dsod.geometry.matching import match_many
 
     anchors = cxcywh_to_xyxy(_dsod300_anchors())
     records = load_dataset(str(shared_data / "bccd")).records("train")[:64]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from dsod.cli import main
-from dsod.engine.checkpoint import load_checkpoint
+from dsod.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_data_check_info_and_bench(trained, tmp_path):
     assert main(["bench", "model=dsod-nano", "compare=none", "backends=eager", "runs=1", "batch=2", "train=none",
                  "threads=1", "threads_sweep=false", f"json={out}"]) == 0
     report = json.loads(out.read_text())
-    from dsod.backends import BACKENDS
+    from dsod.inference.backends import BACKENDS
 
     # the backend backend=auto would pick here, with why (a preset: the rule, no measured int8 figure)
     assert report["recommended"]["backend"] in BACKENDS and report["recommended"]["reason"]

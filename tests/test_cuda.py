@@ -4,11 +4,11 @@ post-processing. Every test skips without CUDA: the suite never needs a GPU; `be
 runs these with `pytest -m cuda` on a machine that has one."""
 import pytest
 import torch
+from helpers import assert_norm_close, rel_error
 
 from dsod import build_model
-from dsod.loss import MultiBoxLoss
-from dsod.postprocess import PostProcessor
-from helpers import assert_norm_close, rel_error
+from dsod.inference.postprocess.detection_output import PostProcessor
+from dsod.model.loss import MultiBoxLoss
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -100,8 +100,8 @@ def test_cuda_amp_channels_last_matches_cpu_fp32():
 
 
 def test_cuda_matcher_equals_cpu_without_synchronisation():
-    from dsod.anchors import default_boxes
     from dsod.config import get_config
+    from dsod.geometry.anchors import default_boxes
     from dsod.model.factory import feature_sizes
 
     cfg = get_config("dsod300")

@@ -13,16 +13,23 @@ import torch
 import yaml
 from PIL import Image
 
-from dsod.data import (DatasetError, DetectionDataset, ImageError, eval_transform, image_size, load_dataset,
-                       load_image)
+from dsod.data import (
+    DatasetError,
+    DetectionDataset,
+    ImageError,
+    eval_transform,
+    image_size,
+    load_dataset,
+    load_image,
+)
 from dsod.data.check import DefaultBoxSet, check, format_report
 
 
 def preset_boxes(name):
     """A preset's default boxes for ``check`` (the data layer takes them from the caller)."""
-    from dsod.anchors import default_boxes
-    from dsod.boxes import cxcywh_to_xyxy
     from dsod.config import get_config
+    from dsod.geometry.anchors import default_boxes
+    from dsod.geometry.boxes import cxcywh_to_xyxy
     from dsod.model import feature_sizes
 
     cfg = get_config(name)

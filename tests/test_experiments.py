@@ -43,7 +43,7 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     """torchvision's Faster R-CNN around the cpu-dsod backbone: its training losses fall on 4 real
     BCCD images, and evaluation maps its boxes back to original pixels for the evaluator."""
     from dsod.data import DetectionDataset, build_dataloader, eval_transform, load_dataset
-    from dsod.experiments.frcnn import torchvision_targets, build_faster_rcnn, evaluate
+    from dsod.experiments.frcnn import build_faster_rcnn, evaluate, torchvision_targets
     from dsod.metrics import Evaluator
 
     torch.manual_seed(0)
@@ -86,8 +86,8 @@ def test_faster_rcnn_trains_with_the_dsod_runs_settings():
 
 
 def test_ablation_runs_are_resumable_shareable_and_reported(tmp_path, shared_data):
-    from dsod.experiments.ablation import Budget, run_one, write_report
     from dsod.experiments.__main__ import main
+    from dsod.experiments.ablation import Budget, run_one, write_report
 
     b = Budget(data=str(shared_data / "bccd"), iterations=2, batch=4, warmup=1, val_every=2)
     rec = run_one("k8", 0, b, tmp_path)

@@ -3,13 +3,13 @@ Runtime backend, and that the int8 model runs and detects. No timings here (see 
 import numpy as np
 import pytest
 import torch
+from helpers import assert_norm_close, confident_dsod_nano
 
 from dsod import build_model
-from dsod.engine.checkpoint import model_payload, save_checkpoint
-from dsod.export import DecodedDetector, export_main, load_batch
-from dsod.onnx_backend import OnnxDetector, list_images, read_rgb
-from dsod.postprocess import PostProcessor
-from helpers import assert_norm_close, confident_dsod_nano
+from dsod.export import DecodedGraph, export_main, load_batch
+from dsod.inference.postprocess.detection_output import PostProcessor
+from dsod.inference.sessions import OrtSession, list_images, read_rgb
+from dsod.model.checkpoint import model_payload, save_checkpoint
 
 NAMES = ["WBC", "RBC", "Platelets"]
 
@@ -56,9 +56,9 @@ def exported(tmp_path_factory, shared_data):
 
 def test_onnx_matches_eager_on_real_images_with_dynamic_batch(exported, bccd_images):
     model, tmp = exported
-    det = OnnxDetector(tmp / "best.onnx")
+    det = OrtSession(tmp / "best.onnx")
     assert det.image_size == 160 and det.names == NAMES and not det.has_nms
-    ref = DecodedDetector(model).eval()
+    ref = DecodedGraph(model).eval()
     for n in (1, 3):  # dynamic batch
         batch, _ = load_batch(str(bccd_images), n, 160)
         boxes, scores = det.predict(batch)
@@ -74,7 +74,7 @@ def test_onnx_matches_eager_on_real_images_with_dynamic_batch(exported, bccd_ima
 def test_onnx_backend_detections_match_eager_pipeline(exported, bccd_images):
     model, tmp = exported
     from dsod.data.preprocess import preprocess_batch
-    from dsod.predict import Detector
+    from dsod.inference.predict import Detector
 
     rgb = [read_rgb(p) for p in list_images(bccd_images, limit=2)]
     det = Detector.load(tmp / "best.onnx", conf=0.3)
@@ -94,14 +94,14 @@ def test_onnx_backend_detections_match_eager_pipeline(exported, bccd_images):
 
 def test_onnx_nms_output(exported, bccd_images):
     model, tmp = exported
-    det = OnnxDetector(tmp / "best-nms.onnx")
+    det = OrtSession(tmp / "best-nms.onnx")
     assert det.has_nms
     batch, _ = load_batch(str(bccd_images), 2, 160)
     out = det.run(batch)
     sel = out["selected"]
     assert sel.ndim == 2 and sel.shape[1] == 3 and len(sel) > 0
     assert set(sel[:, 0].tolist()) <= {0, 1} and sel[:, 1].max() < len(NAMES)
-    ref = DecodedDetector(model, nms=True).eval()
+    ref = DecodedGraph(model, nms=True).eval()
     with torch.no_grad():
         want = ref(torch.from_numpy(batch))[2]
     a, b = {tuple(r) for r in sel.tolist()}, {tuple(r) for r in want.tolist()}
@@ -110,10 +110,10 @@ def test_onnx_nms_output(exported, bccd_images):
 
 def test_int8_model_runs_and_detects(exported, bccd_images):
     model, tmp = exported
-    from dsod.predict import Detector
+    from dsod.inference.predict import Detector
 
-    q = OnnxDetector(tmp / "best-int8.onnx")
-    f = OnnxDetector(tmp / "best.onnx")
+    q = OrtSession(tmp / "best-int8.onnx")
+    f = OrtSession(tmp / "best.onnx")
     assert "int8" in str(q.metadata.get("quantization", ""))
     batch, _ = load_batch(str(bccd_images), 4, 160)
     (qb, qs), (fb, fs) = q.predict(batch), f.predict(batch)
@@ -206,7 +206,7 @@ def test_int8_keeps_named_parts_in_float(exported, bccd_images, tmp_path):
 
 
 def test_int8_isa_flags_are_read_from_cpuinfo():
-    from dsod.hardware import int8_bf16_isa
+    from dsod.runtime.hardware import int8_bf16_isa
 
     zen1 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
     sapphire = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8\n"

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import assert_norm_close
 
 from dsod import build_model
+from dsod.inference.postprocess.detection_output import PostProcessor
 from dsod.model.fast import FusedDSOD, fuse_for_inference
-from dsod.postprocess import PostProcessor
-from helpers import assert_norm_close
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

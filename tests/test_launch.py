@@ -1,5 +1,5 @@
 """The `dsod train` command's own process: the allocator it re-executes under and the CPU DDP workers
-it starts (dsod.launch), driven as a user would, through `python -m dsod` in a subprocess."""
+it starts (dsod.runtime.launch), driven as a user would, through `python -m dsod` in a subprocess."""
 import os
 import signal
 import subprocess
@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from dsod.engine.checkpoint import load_checkpoint
-from dsod.engine.memory import find_jemalloc
+from dsod.model.checkpoint import load_checkpoint
+from dsod.runtime.allocator import find_jemalloc
 
 
 def test_dsod_train_runs_cpu_ddp_workers_and_forwards_ctrl_c(shared_data, tmp_path):

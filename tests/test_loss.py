@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from dsod.boxes import cxcywh_to_xyxy
-from dsod.loss import MultiBoxLoss
+from dsod.geometry.boxes import cxcywh_to_xyxy
+from dsod.model.loss import MultiBoxLoss
 
 ANCHORS = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
 
@@ -75,8 +75,8 @@ def _reference_loss(loc, logits, targets, anchors, neg_pos_ratio=3):
     """The previous MultiBoxLoss: a Python loop over images, boolean-mask sums, double argsort."""
     from helpers import reference_match
 
-    from dsod.box_coder import encode
-    from dsod.boxes import box_iou, xyxy_to_cxcywh
+    from dsod.geometry.box_coder import encode
+    from dsod.geometry.boxes import box_iou, xyxy_to_cxcywh
 
     anchors_xyxy = cxcywh_to_xyxy(anchors)
     cls_t, loc_t, cand = [], [], []

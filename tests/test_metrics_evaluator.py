@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from dsod.data.records import DatasetInfo, ImageRecord
-from dsod.metrics import (COCO_STAT_NAMES, DetectionsFileError, Evaluator, read_detections_json,
-                          score_detections_file, write_detections_json)
-from dsod.postprocess import PostProcessor
+from dsod.inference.postprocess.detection_output import PostProcessor
+from dsod.metrics import (
+    COCO_STAT_NAMES,
+    DetectionsFileError,
+    Evaluator,
+    read_detections_json,
+    score_detections_file,
+    write_detections_json,
+)
 
 
 def rec(image_id, boxes=(), labels=(), difficult=None, w=640, h=480):

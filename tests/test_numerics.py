@@ -5,9 +5,9 @@ import pytest
 import torch
 import yaml
 
-from dsod import hardware
-from dsod.engine.memory import JEMALLOC_CONF, active_allocator, allocator_env, find_jemalloc
-from dsod.engine.numerics import CHANNELS_LAST_CPU, decide_numerics
+from dsod.runtime import hardware
+from dsod.runtime.allocator import JEMALLOC_CONF, active_allocator, allocator_env, find_jemalloc
+from dsod.runtime.numerics import CHANNELS_LAST_CPU, decide_numerics
 
 ZEN1 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
 SAPPHIRE = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8\n"
@@ -64,7 +64,7 @@ def test_train_from_python_keeps_the_callers_process_settings(shared_data, tmp_p
 
 def test_bench_training_section_measures_each_configuration_in_fresh_processes():
     from dsod.bench.train import OLD_DEFAULT, training_section
-    from dsod.launch import default_train_config
+    from dsod.runtime.launch import default_train_config
 
     sec = training_section("dsod-nano", batch=8, steps=1, peers=[], cores=2, only=["channels_last"])
     res = sec["results"]

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from dsod import build_model
-from dsod.boxes import box_iou
 from dsod.config import PIXEL_MEAN_BGR
-from dsod.loss import MultiBoxLoss
-from dsod.postprocess import PostProcessor
+from dsod.geometry.boxes import box_iou
+from dsod.inference.postprocess.detection_output import PostProcessor
+from dsod.model.loss import MultiBoxLoss
 
 CLASSES = ["RBC", "WBC", "Platelets"]
 IDS = ["BloodImage_00001", "BloodImage_00003", "BloodImage_00004", "BloodImage_00005"]

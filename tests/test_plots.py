@@ -6,9 +6,8 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import confident_dsod_nano
+from PIL import Image
 
 
 @pytest.fixture()
@@ -56,7 +55,7 @@ def test_plot_results_writes_a_png_and_keeps_the_backend(tmp_path, keep_backend)
 
 def test_plot_batch_and_predictions_on_bccd(shared_data, tmp_path, keep_backend):
     from dsod.engine.plots import plot_batch, plot_predictions
-    from dsod.postprocess import PostProcessor
+    from dsod.inference.postprocess.detection_output import PostProcessor
 
     names, loader = _bccd_batch(shared_data)
     images, targets = next(iter(loader))

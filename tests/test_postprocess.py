@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dsod.box_coder import encode
-from dsod.boxes import xyxy_to_cxcywh
-from dsod.postprocess import PostProcessor
+from dsod.geometry.box_coder import encode
+from dsod.geometry.boxes import xyxy_to_cxcywh
+from dsod.inference.postprocess.detection_output import PostProcessor
 
 ANCHORS = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.4, 0.4]])
 
@@ -82,11 +82,11 @@ def _reference(boxes, scores, score_thresh, nms_thresh, topk, limit):
 @pytest.mark.parametrize("kernel", ["torchvision", "onnxruntime", "numba"])
 @pytest.mark.parametrize("score_thresh,limit", [(0.01, 200), (0.25, 50), (0.9, 200)])
 def test_selection_equals_caffe_detection_output(kernel, score_thresh, limit):
-    """Both NMS kernels (dsod.nms) and the numpy top-k give exactly the candidates and survivors of the
+    """Both NMS kernels (dsod.inference.postprocess.nms) and the numpy top-k give exactly the candidates and survivors of the
     plain per-class loop, on dense overlapping candidates."""
     if kernel != "torchvision":
         pytest.importorskip(kernel)
-    from dsod.nms import kernel as pick
+    from dsod.inference.postprocess.nms import kernel as pick
     assert pick(requested=kernel) == kernel
     pp = PostProcessor(score_thresh=score_thresh, detections_per_img=limit, nms_kernel=kernel)
     for seed in range(3):
@@ -140,7 +140,7 @@ def test_selection_is_caffes_with_equal_scores_whatever_prefix_it_tries_first(ke
     makes Caffe's per-class cut bind inside the prefix."""
     import numpy as np
 
-    from dsod.selection import PrefixSelector
+    from dsod.inference.postprocess.selection import PrefixSelector
     if kernel != "torchvision":
         pytest.importorskip(kernel)
     ties = 0
@@ -161,7 +161,7 @@ def test_selection_is_caffes_with_equal_scores_whatever_prefix_it_tries_first(ke
 def test_selection_learns_the_prefix_an_image_needs():
     """After an image, the selector tries about the prefix that image needed (a few hundred pairs of
     the 18,000 here, not all of them), and the next image's detections do not depend on it."""
-    from dsod.selection import PrefixSelector
+    from dsod.inference.postprocess.selection import PrefixSelector
     sel = PrefixSelector()
     boxes, scores = (t.numpy() for t in _dense_candidates(0))
     first = sel.select(boxes, scores)
@@ -171,7 +171,7 @@ def test_selection_learns_the_prefix_an_image_needs():
 
 
 def test_nms_kernel_setting_is_checked(monkeypatch):
-    from dsod.nms import kernel
+    from dsod.inference.postprocess.nms import kernel
     monkeypatch.setenv("DSOD_NMS", "torchvision")
     assert kernel() == "torchvision"
     monkeypatch.setenv("DSOD_NMS", "fast")
@@ -186,7 +186,7 @@ def test_iou_equal_to_the_threshold_does_not_suppress(kernel):
     boxes stay; a hair more overlap and the second goes."""
     if kernel != "torchvision":
         pytest.importorskip(kernel)
-    from dsod.selection import PrefixSelector
+    from dsod.inference.postprocess.selection import PrefixSelector
     for x1, kept in ((0.45, 2), (0.46, 1)):
         boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, x1, 1.0]]).numpy()
         scores = torch.tensor([[0.9], [0.8]]).numpy()

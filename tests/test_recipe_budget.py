@@ -86,5 +86,5 @@ def test_patience_stops_after_evaluations_without_improvement(bccd_small, tmp_pa
     best = max(range(len(fitness)), key=lambda i: (fitness[i], -i))  # the first best
     assert run["iterations"] < 40 and len(fitness) == best + 3, fitness
     assert "early stop" in run["stop_reason"] and "patience=2" in run["stop_reason"]
-    from dsod.engine.checkpoint import load_checkpoint
+    from dsod.model.checkpoint import load_checkpoint
     assert load_checkpoint(Path(run["run_dir"]) / "weights" / "best.pt")["iteration"] == int(rows[best]["iteration"])

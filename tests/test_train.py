@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from dsod.engine.checkpoint import load_checkpoint
 from dsod.engine.trainer import TrainArgs, Trainer
+from dsod.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_checkpoint_is_self_describing(bccd_same_split, tmp_path):
 
 
 def test_weights_with_other_class_count_reinitialise_heads(bccd_same_split, tmp_path):
-    from dsod.engine.checkpoint import model_payload, save_checkpoint
     from dsod.model import build_model
+    from dsod.model.checkpoint import model_payload, save_checkpoint
 
     other = build_model("dsod-nano", num_classes=7)
     save_checkpoint(tmp_path / "other.pt", model_payload(other, other.config, list("abcdef"), None))
@@ -186,10 +186,10 @@ def test_precise_bn_rescues_stale_statistics_and_leaves_training_alone(bccd_same
     weights; the checkpoint gets statistics re-estimated for its own weights, which score higher on
     the same images, while the training run's own buffers travel beside them (``train_bn``) unchanged."""
     from dsod.data import DetectionDataset, eval_transform, load_dataset
-    from dsod.engine.checkpoint import build_from_checkpoint
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.precise_bn import load_bn_buffers
     from dsod.metrics import Evaluator
+    from dsod.model.checkpoint import build_from_checkpoint
 
     # Caffe's decay and no EMA: the stale-statistics case this fix is for (the short recipe's 0.99
     # decay and EMA make it milder)

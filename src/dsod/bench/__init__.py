@@ -46,7 +46,7 @@ Keys (declared in ``dsod.cli.options``; ``bench_main`` takes parsed values, miss
     train_rounds round-robin repetitions of the whole section (default 1; medians reported).
     train_only   comma-separated configuration names to keep (old_default and new_default always).
 
-``recommended``: the backend ``backend=auto`` picks on this machine (``dsod.backends``) and why.
+``recommended``: the backend ``backend=auto`` picks on this machine (``dsod.inference.backends``) and why.
 Post-processing is timed on the outputs of the model given: a checkpoint's (trained: few candidates
 above the thresholds) or a preset's random weights (the worst case), at score 0.01 (``dsod val``)
 and 0.25 (``dsod predict``).
@@ -72,11 +72,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.memory import active_allocator
-from ..hardware import cpu_summary, int8_bf16_isa
-from ..load import ModelSpecError, load_model
-from ..peers import PEERS
-from ..peers import Peer as _Peer
+from ..errors import DsodError
+from ..files import atomic_write_text
+from ..model.load import ModelSpecError, load_model
+from ..model.peers import PEERS
+from ..model.peers import Peer as _Peer
+from ..runtime.allocator import active_allocator
+from ..runtime.hardware import cpu_summary, int8_bf16_isa
 from .post import postprocess_timings
 from .timing import conv_ceiling, count_macs_fn, interleaved, pick_threads
 
@@ -90,7 +92,7 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-class BenchError(Exception):
+class BenchError(DsodError):
     """A user-facing benchmark failure (one line)."""
 
 
@@ -102,7 +104,7 @@ def Peer(name: str):
 
 
 def load_ours(spec: str, imgsz: Optional[int] = None):
-    """(model, config) from a preset name or a checkpoint path (``dsod.load.load_model``)."""
+    """(model, config) from a preset name or a checkpoint path (``dsod.model.load.load_model``)."""
     try:
         return load_model(spec, imgsz)
     except ModelSpecError as e:
@@ -143,7 +145,7 @@ def _backend_runner(name: str, model: nn.Module, workdir: Path, calib: np.ndarra
                 quantize_int8(fp32, path, calib)  # weight width from the CPU, as dsod export
             notes = {"graph": f"int8 QDQ (static, minmax, {weight_bits()}-bit weights)", "calibration_images": len(calib),
                      "quantize_s": round(time.perf_counter() - t0, 1)}
-        from ..runners import OrtRunner
+        from ..inference.runners import OrtRunner
 
         try:
             runner = OrtRunner(path, threads=torch.get_num_threads(),
@@ -170,11 +172,11 @@ def _split(v: Any) -> List[str]:
 
 
 def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, str]:
-    """What ``backend=auto`` runs ``spec`` on here: for a checkpoint, ``dsod.backends.choose_backend``
+    """What ``backend=auto`` runs ``spec`` on here: for a checkpoint, ``dsod.inference.backends.choose_backend``
     (which may export it, once); for a preset, its rules without a measured int8 accuracy, with this
     run's timings (``measured``: backend -> result) standing in for its int8 speed check."""
-    from ..backends import INT8_MIN_SPEEDUP, choose_backend, onnxruntime_available
     from ..export import has_int8_dot
+    from ..inference.backends import INT8_MIN_SPEEDUP, choose_backend, onnxruntime_available
 
     if str(spec).endswith(".pt") and Path(spec).is_file():
         c = choose_backend(spec, "auto", "cpu", log=lambda m: print(m))
@@ -217,7 +219,7 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
     peers = _split(opts.get("compare", ",".join(PEERS)))
     backends = _split(opts.get("backends", ",".join(DEFAULT_BACKENDS)))
     if opts.get("backends") == DEFAULTS["backends"]:  # the default list: what is installed
-        from ..backends import openvino_available
+        from ..inference.backends import openvino_available
         backends = [b for b in backends if openvino_available() or not b.startswith("openvino")]
     batch = int(opts.get("batch", 8))
     runs = int(opts.get("runs", 5))
@@ -300,7 +302,7 @@ def _run_bench(opts: Dict[str, Any]) -> Dict[str, Any]:
         e.update(pp.get(f"{m}/{be}", pp[m]))
     report["settings"]["postprocess_weights"] = "trained (checkpoint)" if str(name).endswith(".pt") else \
         "random (preset): the worst case"
-    from ..nms import kernel as nms_kernel
+    from ..inference.postprocess.nms import kernel as nms_kernel
     report["settings"]["postprocess_nms"] = nms_kernel()
 
     # Thread sweep on the fused backend.
@@ -377,9 +379,6 @@ def bench_main(opts: Dict[str, Any]) -> int:
     report = run_bench(opts)
     if opts.get("json"):
         path = Path(str(opts["json"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(report, indent=2, default=float))
         print(f"wrote {path}")
     return 0

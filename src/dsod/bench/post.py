@@ -2,7 +2,7 @@
 detections adds, at ``dsod val``'s score 0.01 and ``dsod predict``'s 0.25.
 
 Every backend hands its decoded outputs to the same selection (``PostProcessor.select``,
-``dsod.selection``); it is timed on each exported backend's own outputs (int8 scores tie and spread
+``dsod.inference.postprocess.selection``); it is timed on each exported backend's own outputs (int8 scores tie and spread
 otherwise than fp32's, which changes the selection's work) and on the eager model's for the PyTorch
 backends, interleaved in one loop with the peers' ``postprocess_detections``, so all pay the same
 cold caches.
@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from ..postprocess import PostProcessor, decode_outputs
+from ..inference.postprocess.detection_output import PostProcessor, decode_outputs
 from .timing import interleaved
 
 Decode = Callable[[torch.Tensor], Any]
@@ -44,7 +44,7 @@ def postprocess_timings(model, label: str, x1: torch.Tensor, peers: Dict[str, An
     result: Dict[str, Dict[str, Any]] = {}
     for key in decoded:
         result[key] = {"postprocess_ms_b1": pp[key] * 1e3, "postprocess_ms_b1_conf025": pp[f"{key}@0.25"] * 1e3,
-                       "postprocess": "Caffe's selection on a prefix of the score order (dsod.selection)"
+                       "postprocess": "Caffe's selection on a prefix of the score order (dsod.inference.postprocess.selection)"
                                       + (" on this backend's outputs" if "/" in key else "")}
     for p in peers:
         result[p] = {"postprocess_ms_b1": pp[p] * 1e3, "postprocess": "torchvision postprocess_detections"}

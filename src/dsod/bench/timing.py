@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
+
 def _time_once(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()

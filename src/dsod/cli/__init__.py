@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from ..errors import DsodError
 from . import commands as cmds
 from . import options as opts
 from .schema import CLIError, Command, Option, parse_kv
@@ -76,13 +77,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         keys = parse_kv(name, cmd, rest)
-        if name in ("train", "demo") and own_process:  # the command's own settings (dsod.launch)
-            from ..launch import configure_training_process
+        if name in ("train", "demo") and own_process:  # the command's own settings (dsod.runtime.launch)
+            from ..runtime.launch import configure_training_process
             code = configure_training_process(argv, keys, allow_ddp=name == "train")
             if code is not None:  # this process was the parent of CPU DDP workers
                 return code
         return cmd.run(keys)
-    except CLIError as e:
+    except DsodError as e:  # every user-caused failure: one line, no traceback
         print(f"dsod {name}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

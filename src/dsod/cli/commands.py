@@ -26,15 +26,10 @@ def cmd_info(args: Dict[str, object]) -> int:
 
 
 def cmd_train(args: Dict[str, object]) -> int:
-    from ..data import DatasetError
-    from ..engine.checkpoint import CheckpointError
-    from ..engine.trainer import Trainer, TrainArgs, TrainingError
+    from ..engine.trainer import TrainArgs, Trainer
 
-    try:
-        trainer = Trainer(TrainArgs(**args))
-        result = trainer.train()
-    except (TrainingError, CheckpointError, DatasetError) as e:
-        raise CLIError(str(e)) from None
+    trainer = Trainer(TrainArgs(**args))
+    result = trainer.train()
     if trainer.main:
         m = result["metrics"]
         if m:
@@ -46,8 +41,7 @@ def cmd_train(args: Dict[str, object]) -> int:
 
 
 def cmd_val(args: Dict[str, object]) -> int:
-    from ..data import DatasetError, load_dataset
-    from ..engine.checkpoint import CheckpointError
+    from ..data import load_dataset
 
     if not args["data"]:
         raise CLIError("data= is required (the dataset to evaluate on)")
@@ -65,7 +59,7 @@ def cmd_val(args: Dict[str, object]) -> int:
             results = evaluator.compute()
         else:
             results, evaluator = evaluate_checkpoint(args, spec.info, records)
-    except (CheckpointError, DatasetError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # DsodError reaches main(); these are raw library errors
         raise CLIError(str(e)) from None
     print(evaluator.format_table())
     if args["plots"]:
@@ -95,9 +89,9 @@ def evaluate_checkpoint(args, info, records):
     from torch.utils.data import DataLoader
 
     from ..data import DetectionDataset, collate, eval_transform
+    from ..inference.predict import Detector, PredictError
+    from ..inference.runners import evaluate
     from ..metrics import Evaluator
-    from ..predict import Detector, PredictError
-    from ..runners import evaluate
 
     try:
         det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
@@ -115,8 +109,8 @@ def evaluate_checkpoint(args, info, records):
 
 
 def cmd_predict(args: Dict[str, object]) -> int:
-    from ..engine.checkpoint import CheckpointError
-    from ..predict import Detector, PredictError, draw_detections, read_rgb
+    from ..inference.predict import Detector, PredictError, draw_detections, read_rgb
+    from ..model.checkpoint import CheckpointError
 
     if not args["model"] or not args["source"]:
         raise CLIError("model= and source= are required")
@@ -146,11 +140,11 @@ def cmd_predict(args: Dict[str, object]) -> int:
 def cmd_data(args: Dict[str, object]) -> int:
     import dataclasses
 
-    from ..anchors import default_boxes
-    from ..boxes import cxcywh_to_xyxy
     from ..config import get_config
     from ..data import DatasetError, load_dataset
     from ..data.check import DefaultBoxSet, check, format_report, normalised_boxes
+    from ..geometry.anchors import default_boxes
+    from ..geometry.boxes import cxcywh_to_xyxy
     from ..model.anchor_fit import fit_anchors
     from ..model.factory import feature_sizes
 
@@ -200,8 +194,8 @@ def cmd_demo(args: Dict[str, object]) -> int:
     """Train the small preset on the embedded synthetic set, evaluate, predict, say where it all is."""
     import time
 
-    from ..engine.trainer import Trainer, TrainArgs
-    from ..predict import Detector, draw_detections, read_rgb
+    from ..engine.trainer import TrainArgs, Trainer
+    from ..inference.predict import Detector, draw_detections, read_rgb
 
     t0 = time.time()
     print("dsod demo: training dsod-nano from scratch on the embedded SYNTHETIC shapes set "
@@ -235,8 +229,8 @@ def cmd_demo(args: Dict[str, object]) -> int:
 
 
 def cmd_export(args: Dict[str, object]) -> int:
-    from ..engine.checkpoint import CheckpointError
     from ..export import ExportError, export_main
+    from ..model.checkpoint import CheckpointError
 
     try:
         return export_main(args)
@@ -246,7 +240,7 @@ def cmd_export(args: Dict[str, object]) -> int:
 
 def cmd_bench(args: Dict[str, object]) -> int:
     from ..bench import BenchError, bench_main
-    from ..engine.checkpoint import CheckpointError
+    from ..model.checkpoint import CheckpointError
 
     try:
         return bench_main(args)

@@ -3,9 +3,21 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ..backends import BACKENDS
-from .schema import (Option, augment_value, auto_bool, boolean, duration, float_range, floats, model_names,
-                     nonneg_float, optional, positive_int, precise_bn_value)
+from ..inference.backends import BACKENDS
+from .schema import (
+    Option,
+    augment_value,
+    auto_bool,
+    boolean,
+    duration,
+    float_range,
+    floats,
+    model_names,
+    nonneg_float,
+    optional,
+    positive_int,
+    precise_bn_value,
+)
 
 
 def train_options() -> Dict[str, Option]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from ..errors import DsodError
 
-class CLIError(Exception):
+
+class CLIError(DsodError):
     """A user error: printed as one line, exit code 2."""
 
 

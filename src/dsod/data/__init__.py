@@ -16,8 +16,17 @@ from .images import MAX_PIXELS, ImageError, image_size, load_image, load_image_b
 from .records import DatasetError, DatasetInfo, ImageRecord, SplitReport
 from .sampler import ResumableBatchSampler
 from .spec import DatasetSpec, load_dataset
-from .transforms import (AUGMENT_MODES, SeededTransform, SSDBatchSamplerCrop, SSDPhotometricDistort,
-                         ToNetworkInput, augment_mode, denormalize, eval_transform, train_transform)
+from .transforms import (
+                         AUGMENT_MODES,
+                         SeededTransform,
+                         SSDBatchSamplerCrop,
+                         SSDPhotometricDistort,
+                         ToNetworkInput,
+                         augment_mode,
+                         denormalize,
+                         eval_transform,
+                         train_transform,
+)
 
 __all__ = [
     "load_dataset", "DatasetSpec", "DatasetInfo", "ImageRecord", "DatasetError", "SplitReport",

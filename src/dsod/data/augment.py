@@ -49,8 +49,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from .steps import (PIXEL_MEAN_RGB, RESIZE_CHOICES, SSDBatchSamplerCrop, SSDPhotometricDistort,
-                    ToNetworkInput, size_hw, target_tensors)
+from .steps import (
+    PIXEL_MEAN_RGB,
+    RESIZE_CHOICES,
+    SSDBatchSamplerCrop,
+    SSDPhotometricDistort,
+    ToNetworkInput,
+    size_hw,
+    target_tensors,
+)
 
 
 class SSDAugment:

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .images import MAX_PIXELS
-from .records import (DatasetError, ImageRecord, RawImage, RawObject, SplitReport, build_records,
-                      read_image_size)
+from .records import (
+    DatasetError,
+    ImageRecord,
+    RawImage,
+    RawObject,
+    SplitReport,
+    build_records,
+    read_image_size,
+)
 
 
 def load_coco_json(path: Path) -> dict:

@@ -20,6 +20,8 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import DsodError
+
 # A 100-megapixel image is already 300 MB of RGB; nothing a 300/512 px detector needs. Larger headers
 # are much more likely to be corrupt or hostile (decompression bomb) than real training data.
 MAX_PIXELS = 100_000_000
@@ -32,7 +34,7 @@ _SWAPS_SIZE = (5, 6, 7, 8)  # EXIF orientations that transpose the image (90/270
 PathLike = Union[str, Path]
 
 
-class ImageError(Exception):
+class ImageError(DsodError):
     """A file that cannot be used as an image; ``str(e)`` is the reason (callers add the path)."""
 
 

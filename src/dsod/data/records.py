@@ -33,6 +33,7 @@ from typing import Callable, Dict, Hashable, List, NamedTuple, Optional, Sequenc
 
 import numpy as np
 
+from ..errors import DsodError
 from .images import ImageError, image_size
 
 ImageId = Union[str, int]  # VOC/YOLO: the image file's stem; COCO: the image's (64-bit) id
@@ -65,7 +66,7 @@ LIKELY_FIX = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(DsodError, ValueError):
     """A dataset that cannot be read (or, with ``strict=True``, any problem); the message is one line
     naming the file and the problem."""
 

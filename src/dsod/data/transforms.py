@@ -51,9 +51,17 @@ from torchvision.transforms import InterpolationMode, v2
 from ..config import PIXEL_MEAN_BGR
 from .augment import SSDAugment
 from .preprocess import eval_resize
+
 # the steps live in their own module so that augment (which reuses them) and this one form no cycle
-from .steps import (PIXEL_MEAN_RGB, RESIZE_CHOICES, SSDBatchSamplerCrop, SSDPhotometricDistort,
-                    ToNetworkInput, size_hw, target_tensors)
+from .steps import (
+    PIXEL_MEAN_RGB,
+    RESIZE_CHOICES,
+    SSDBatchSamplerCrop,
+    SSDPhotometricDistort,
+    ToNetworkInput,
+    size_hw,
+    target_tensors,
+)
 
 
 class SeededTransform:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from tqdm import tqdm
 
-from ..postprocess import PostProcessor
+from ..inference.postprocess.detection_output import PostProcessor
 
 
 def autocast_context(device: torch.device, amp: bool, bf16: bool):

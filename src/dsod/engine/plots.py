@@ -5,7 +5,6 @@ never switches the process's backend (``matplotlib.use``) under a notebook or GU
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import List, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import PIXEL_MEAN_BGR
+from ..files import atomic_path
 
 
 def _figure(rows: int, cols: int, figsize):
@@ -24,9 +24,8 @@ def _figure(rows: int, cols: int, figsize):
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def to_rgb_uint8(image: torch.Tensor) -> np.ndarray:

@@ -8,32 +8,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
+from ..errors import DsodError
+from ..files import atomic_path, atomic_write_text
 
-from . import distributed as dist_utils
 
-
-class TrainingError(Exception):
+class TrainingError(DsodError):
     """A user-facing training failure (one line)."""
-
-
-def select_device(spec: str) -> torch.device:
-    if spec == "auto":
-        _, local_rank, world = dist_utils.env_world()
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank if world > 1 else 0)
-        return torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise TrainingError(f"device={spec} is not valid; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device={spec}: CUDA is not available on this machine; use device=cpu")
-    return dev
 
 
 def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -54,9 +37,7 @@ def args_dict(args: Any) -> Dict[str, Any]:
 
 def write_yaml(path: Path, data: Dict[str, Any]) -> None:
     import yaml
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def append_csv(path: Path, row: Dict[str, Any]) -> None:
@@ -74,9 +55,7 @@ def append_csv(path: Path, row: Dict[str, Any]) -> None:
 
 def write_csv(path: Path, rows: List[Dict[str, Any]], keys: List[str]) -> None:
     """Write ``rows`` as CSV through a temporary file and a rename (never a half-written file)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)

@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import ModelConfig, get_config
+from ..model.checkpoint import config_from_dict, load_checkpoint
 from .budget import parse_duration
-from .checkpoint import config_from_dict, load_checkpoint
 from .run import TrainingError
 from .train_args import TrainArgs
 
@@ -58,7 +58,7 @@ def load_data(a: TrainArgs) -> RunData:
 
     data = a.data
     if data is None:
-        from ..synthetic import make_synthetic_voc
+        from ..data.synthetic import make_synthetic_voc
         data = str(make_synthetic_voc(Path(a.cache_dir).expanduser()))
     try:
         # seed 0, not the training seed: runs with other seeds are scored on the same held-out images

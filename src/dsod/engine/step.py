@@ -8,7 +8,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from . import distributed as dist_utils
+from ..runtime import distributed as dist_utils
 
 LossFn = Callable[[torch.Tensor, list], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .distributed import free_port
-from .memory import allocator_env
+from ..runtime.allocator import allocator_env
+from ..runtime.distributed import free_port
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,8 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
     from .evaluate import autocast_context
 
     if kind == "ours":
-        from ..load import load_model
-        from ..loss import MultiBoxLoss
+        from ..model.load import load_model
+        from ..model.loss import MultiBoxLoss
 
         model, mcfg = load_model(name, imgsz)
         if cfg.memory_efficient is not None:
@@ -113,7 +113,7 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
         criterion = MultiBoxLoss(variances=mcfg.anchors.variances)
         anchors = model.anchors_cxcywh
     else:
-        from ..peers import Peer
+        from ..model.peers import Peer
 
         peer = Peer(name)
         model, size = peer.model, peer.size

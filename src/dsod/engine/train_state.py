@@ -12,14 +12,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .checkpoint import model_payload, rng_state, set_rng_state
+from ..model.checkpoint import model_payload, rng_state, set_rng_state
 from .precise_bn import load_bn_buffers
 from .run import args_dict
 
 
 def run_record(t) -> Dict[str, Any]:
     """args.yaml of trainer ``t``: the arguments as given and what was decided for them."""
-    from .memory import active_allocator
+    from ..runtime.allocator import active_allocator
 
     extra = {"data_resolved": t.data_resolved, "effective_batch": t.effective_batch, "lr_resolved": t.lr,
              "total_iterations": t.total_iters, "world_size": t.world, "numerics": t.numerics.describe(),

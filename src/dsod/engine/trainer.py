@@ -22,27 +22,34 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from ..loss import MultiBoxLoss
+from ..inference.postprocess.detection_output import PostProcessor
 from ..model import DSOD, build_model
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.loss import MultiBoxLoss
 from ..model.norms import convert_sync_batchnorm
-from ..postprocess import PostProcessor
-from . import distributed as dist_utils
-from .recipe import SHORT
-from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
-from .checkpoint import load_checkpoint, save_checkpoint
-from .ema import ModelEMA
-from .evaluate import (autocast_context, evaluation_line, fitness, keep_better_bn, metric_columns,
-                       run_evaluation)
-from .optim import build_schedule, default_lr, default_warmup, lr_lambda
-from .numerics import decide_numerics
-from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
-from .run import TrainingError, append_csv, next_run_dir, select_device, write_yaml
+from ..runtime import distributed as dist_utils
+from ..runtime.device import select_device
+from ..runtime.numerics import decide_numerics
 from . import setup
+from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
+from .ema import ModelEMA
+from .evaluate import (
+    autocast_context,
+    evaluation_line,
+    fitness,
+    keep_better_bn,
+    metric_columns,
+    run_evaluation,
+)
 from .loaders import side_batches, side_seed, train_loader, val_loader
+from .optim import build_schedule, default_lr, default_warmup, lr_lambda
+from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
+from .recipe import SHORT
+from .run import TrainingError, append_csv, next_run_dir, write_yaml
 from .signals import Interrupted, sigterm_interrupts
 from .step import NonFiniteGuard, detection_loss, train_step
-from .train_state import restore_training, run_record, training_payload
 from .train_args import TrainArgs, precise_bn_images
+from .train_state import restore_training, run_record, training_payload
 
 
 class Trainer:

@@ -81,7 +81,7 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    from ..metrics.evaluator import atomic_write_text
+    from ..files import atomic_write_text
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
@@ -106,7 +106,7 @@ def _claim(lock: Path) -> bool:
 
 
 def _run_dsod(v: Variant, seed: int, b: Budget, out: Path) -> Dict[str, Any]:
-    from ..engine.trainer import Trainer, TrainArgs
+    from ..engine.trainer import TrainArgs, Trainer
 
     trainer = Trainer(TrainArgs(
         data=b.data, model=v.preset, iterations=b.iterations, batch=b.batch, optimizer="adamw", lr=b.lr,

@@ -37,15 +37,15 @@ calibration images), ``quantize`` (int8), ``build`` (the verified steps ``backen
               x86 CPUs without VNNI (see ``quantize_int8``). Default: decided from the CPU, 8-bit
               weights with VNNI/AMX, 7-bit without (recorded as ``weight_bits``).
 
-Outputs (see ``dsod.onnx_backend``): ``boxes`` (N, A, 4) xyxy normalised to the input, default boxes
+Outputs (see ``dsod.inference.sessions``): ``boxes`` (N, A, 4) xyxy normalised to the input, default boxes
 baked in; ``scores`` (N, A, C) softmax without background; [``selected``].
 """
 from .build import INT8_MAX_LOSS_POINTS, checkpoint_sha256, int8_accuracy, write_fp32, write_int8
-from .graph import DecodedDetector, ExportError, export_onnx
+from .graph import DecodedGraph, ExportError, export_onnx
 from .inputs import default_image_source, load_batch, records_batch, verify
 from .main import DEFAULTS, export_main
 from .quantize import has_int8_dot, quantize_int8, weight_bits
 
-__all__ = ["DecodedDetector", "ExportError", "export_onnx", "quantize_int8", "has_int8_dot", "weight_bits",
+__all__ = ["DecodedGraph", "ExportError", "export_onnx", "quantize_int8", "has_int8_dot", "weight_bits",
            "load_batch", "records_batch", "default_image_source", "verify", "write_fp32", "write_int8",
            "int8_accuracy", "checkpoint_sha256", "INT8_MAX_LOSS_POINTS", "export_main", "DEFAULTS"]

@@ -1,5 +1,5 @@
 """From a checkpoint to verified ONNX files (fp32, and int8 with its accuracy measured): the steps
-``dsod export`` prints and ``backend=auto`` runs once per checkpoint (``dsod.backends``).
+``dsod export`` prints and ``backend=auto`` runs once per checkpoint (``dsod.inference.backends``).
 
 Each file records where it came from: ``checkpoint_sha256`` (so a cached export is rebuilt when the
 checkpoint changes) and, for int8, ``weight_bits`` and the VOC07 mAP@0.5 of the fp32 and int8 files
@@ -16,7 +16,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
-from .graph import DecodedDetector, ExportError, export_onnx
+from ..files import atomic_path
+from .graph import DecodedGraph, ExportError, export_onnx
 from .inputs import spread, verify
 from .quantize import quantize_int8
 
@@ -45,7 +46,7 @@ def fused_graph(model: nn.Module) -> nn.Module:
 def write_fp32(model: nn.Module, out: Path, imgsz: int, batch: np.ndarray, *, graph: str = "fused",
                nms: bool = False, opset: int = 17, conf: float = 0.01, iou: float = 0.45, max_det: int = 200,
                metadata: Optional[Dict[str, Any]] = None, atol: float = 1e-3,
-               threads: Optional[int] = None) -> Tuple[DecodedDetector, Dict[str, float], float]:
+               threads: Optional[int] = None) -> Tuple[DecodedGraph, Dict[str, float], float]:
     """Export ``model`` to ``out`` and verify it against eager on ``batch``; returns (the eager
     reference module, the differences, seconds). Raises ``ExportError`` beyond ``atol``."""
     if graph not in ("fused", "plain"):
@@ -55,7 +56,7 @@ def write_fp32(model: nn.Module, out: Path, imgsz: int, batch: np.ndarray, *, gr
     export_onnx(net, out, imgsz, nms=nms, opset=opset, conf=conf, iou=iou, max_det=max_det,
                 metadata={**(metadata or {}), "graph": graph})
     seconds = time.perf_counter() - t0
-    ref = DecodedDetector(model, model.config.anchors.variances, nms=nms, conf=conf, iou=iou, max_det=max_det).eval()
+    ref = DecodedGraph(model, model.config.anchors.variances, nms=nms, conf=conf, iou=iou, max_det=max_det).eval()
     diffs = verify(ref, out, batch, threads)
     if diffs["boxes"] > atol or diffs["scores"] > atol:
         raise ExportError(f"{out}: ONNX output differs from eager by more than atol={atol} "
@@ -68,9 +69,9 @@ def voc07_map(runner, spec, records: Sequence, batch: int = 8) -> float:
     from torch.utils.data import DataLoader
 
     from ..data import DetectionDataset, collate, eval_transform
+    from ..inference.postprocess.detection_output import PostProcessor
+    from ..inference.runners import evaluate
     from ..metrics import Evaluator
-    from ..postprocess import PostProcessor
-    from ..runners import evaluate
 
     size = int(runner.metadata["image_size"])
     loader = DataLoader(DetectionDataset(list(records), eval_transform(size), train=False), batch_size=batch,
@@ -82,7 +83,7 @@ def voc07_map(runner, spec, records: Sequence, batch: int = 8) -> float:
 def int8_accuracy(fp32_path: Path, int8_path: Path, spec, split: str = "val",
                   max_images: int = INT8_CHECK_MAX_IMAGES, threads: Optional[int] = None) -> Dict[str, Any]:
     """mAP of the fp32 and int8 files on (up to ``max_images`` of) a dataset split, and the change."""
-    from ..runners import OrtRunner
+    from ..inference.runners import OrtRunner
 
     records = spread(spec.records(split), max_images)
     fp32 = voc07_map(OrtRunner(fp32_path, threads), spec, records)
@@ -108,7 +109,6 @@ def write_int8(fp32_path: Path, out: Path, calib: np.ndarray, *, spec=None, spli
 
 def add_metadata(path: Path, entries: Dict[str, Any]) -> None:
     import json
-    import os
 
     import onnx
 
@@ -116,6 +116,5 @@ def add_metadata(path: Path, entries: Dict[str, Any]) -> None:
     for k, v in entries.items():
         e = proto.metadata_props.add()
         e.key, e.value = str(k), json.dumps(v)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))

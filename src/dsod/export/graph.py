@@ -1,12 +1,11 @@
 """The exported graph: DSOD + box decoding + softmax (+ ONNX NonMaxSuppression), written to ONNX.
 
-Inputs and outputs are described in ``dsod.onnx_backend``; the decoding is ``postprocess.decode_outputs``,
+Inputs and outputs are described in ``dsod.inference.sessions``; the decoding is ``postprocess.decode_outputs``,
 the same function eager inference runs, traced into the graph with the default boxes as a constant.
 """
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -14,10 +13,12 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..postprocess import decode_outputs
+from ..errors import DsodError
+from ..files import atomic_path
+from ..inference.postprocess.detection_output import decode_outputs
 
 
-class ExportError(Exception):
+class ExportError(DsodError):
     """A user-facing export failure (one line)."""
 
 
@@ -47,7 +48,7 @@ class _OnnxNMS(torch.autograd.Function):
                     g.op("Constant", value_t=torch.tensor([score_thresh], dtype=torch.float32)))
 
 
-class DecodedDetector(nn.Module):
+class DecodedGraph(nn.Module):
     """DSOD + decoding: images -> (boxes xyxy normalised (N, A, 4), scores (N, A, C-1)) [, selected].
     The default boxes are a constant of the graph."""
 
@@ -70,33 +71,32 @@ class DecodedDetector(nn.Module):
 
 def export_onnx(model: nn.Module, path: Path, imgsz: int, *, nms: bool = False, opset: int = 17,
                 conf: float = 0.01, iou: float = 0.45, max_det: int = 200,
-                metadata: Optional[Dict[str, Any]] = None) -> DecodedDetector:
+                metadata: Optional[Dict[str, Any]] = None) -> DecodedGraph:
     """Write ``path``; returns the wrapped eager module that was exported (for verification)."""
     import onnx
 
     cfg = getattr(model, "config", None)
     variances = cfg.anchors.variances if cfg is not None else (0.1, 0.2)
-    wrapper = DecodedDetector(model, variances, nms=nms, conf=conf, iou=iou, max_det=max_det).eval()
+    wrapper = DecodedGraph(model, variances, nms=nms, conf=conf, iou=iou, max_det=max_det).eval()
     outputs = ["boxes", "scores"] + (["selected"] if nms else [])
     dynamic = {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
     if nms:
         dynamic["selected"] = {0: "num_selected"}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer/deprecation chatter; the result is verified below
-        torch.onnx.export(wrapper, (torch.zeros(1, 3, imgsz, imgsz),), str(tmp), dynamo=False,
-                          input_names=["images"], output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=opset, do_constant_folding=True)
-    proto = onnx.load(str(tmp))
-    onnx.checker.check_model(proto)
-    meta = dict(metadata or {})
-    meta.update({"image_size": imgsz, "nms": nms, "conf": conf, "iou": iou, "max_det": max_det,
-                 "num_anchors": int(model.anchors_cxcywh.shape[0]), "input": "BGR minus (104,117,123), NCHW"})
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = str(k), json.dumps(v)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer/deprecation chatter; the result is verified below
+            torch.onnx.export(wrapper, (torch.zeros(1, 3, imgsz, imgsz),), str(tmp), dynamo=False,
+                              input_names=["images"], output_names=outputs, dynamic_axes=dynamic,
+                              opset_version=opset, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        meta = dict(metadata or {})
+        meta.update({"image_size": imgsz, "nms": nms, "conf": conf, "iou": iou, "max_det": max_det,
+                     "num_anchors": int(model.anchors_cxcywh.shape[0]), "input": "BGR minus (104,117,123), NCHW"})
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(k), json.dumps(v)
+        onnx.save(proto, str(tmp))
     return wrapper

@@ -28,8 +28,8 @@ def default_image_source() -> Optional[Path]:
 
 def load_batch(source: Optional[str], n: int, imgsz: int, seed: int = 0) -> Tuple[np.ndarray, str]:
     """Up to ``n`` preprocessed images (n, 3, S, S) float32 and a description of where they came from.
-    Without a source: synthetic shapes (``dsod.synthetic``), clearly labelled as such."""
-    from ..onnx_backend import list_images, preprocess_rgb, read_rgb
+    Without a source: synthetic shapes (``dsod.data.synthetic``), clearly labelled as such."""
+    from ..inference.sessions import list_images, preprocess_rgb, read_rgb
 
     src = source or default_image_source()
     if src is not None:
@@ -41,7 +41,7 @@ def load_batch(source: Optional[str], n: int, imgsz: int, seed: int = 0) -> Tupl
         except ImageError as e:
             raise ExportError(str(e)) from None
         return batch, f"{len(files)} images from {src}"
-    from ..synthetic import draw_image
+    from ..data.synthetic import draw_image
 
     rng = np.random.default_rng(seed)
     imgs = [np.asarray(draw_image(rng, imgsz, 4)[0]) for _ in range(n)]
@@ -51,9 +51,9 @@ def load_batch(source: Optional[str], n: int, imgsz: int, seed: int = 0) -> Tupl
 def verify(wrapper: nn.Module, onnx_path: Path, batch: np.ndarray, threads: Optional[int] = None
            ) -> Dict[str, float]:
     """Max abs differences between eager and ONNX Runtime on ``batch`` (run as one dynamic batch)."""
-    from ..onnx_backend import OnnxDetector
+    from ..inference.sessions import OrtSession
 
-    det = OnnxDetector(onnx_path, threads=threads)
+    det = OrtSession(onnx_path, threads=threads)
     with torch.no_grad():
         ref = wrapper(torch.from_numpy(batch))
     out = det.run(batch)
@@ -78,7 +78,7 @@ def spread(items: Sequence, n: int) -> list:
 def records_batch(records: Sequence, n: int, imgsz: int) -> np.ndarray:
     """``n`` dataset records spread over the split, decoded and preprocessed (n, 3, S, S)."""
     from ..data.images import ImageError
-    from ..onnx_backend import preprocess_rgb, read_rgb
+    from ..inference.sessions import preprocess_rgb, read_rgb
 
     try:
         return np.stack([preprocess_rgb(read_rgb(r.path), imgsz) for r in spread(records, n)])

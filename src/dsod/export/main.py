@@ -19,8 +19,8 @@ DEFAULTS: Dict[str, Any] = {
 
 def load_for_export(spec: str, imgsz: Optional[int]) -> Tuple[Any, Dict[str, Any], Path, Optional[dict]]:
     """(eval model, metadata for the file, default output path, checkpoint or None)."""
-    from ..engine.checkpoint import CheckpointError
-    from ..load import ModelSpecError, load_model_and_checkpoint
+    from ..model.checkpoint import CheckpointError
+    from ..model.load import ModelSpecError, load_model_and_checkpoint
 
     try:
         model, cfg, ckpt = load_model_and_checkpoint(spec, imgsz)

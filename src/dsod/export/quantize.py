@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..hardware import int8_bf16_isa
+from ..files import atomic_path
+from ..runtime.hardware import int8_bf16_isa
 from .graph import ExportError
 
 # int8 dot-product instructions without the int16 saturation of AVX2's vpmaddubsw (see quantize_int8)
@@ -48,8 +48,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: st
     ``keep_fp32``: node-name substrings (e.g. ``/stem/``) left in float (mixed precision; how the
     sensitivity of each part was measured, docs/PERFORMANCE.md)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     if reduce_range is None:
         reduce_range = weight_bits() == 7
@@ -80,7 +86,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: st
             raise ExportError(f"int8_keep_fp32: {', '.join(unmatched)} matches no node (names look like "
                               f"{ops[0].name if ops else '/model/backbone/stem/stem.0/Conv'})")
         nodes = [n.name for n in ops if n.name not in head_nodes and not any(k in n.name for k in keep_fp32)]
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        tmp = Path(td) / "int8.onnx"
         quantize_static(str(pre), str(tmp), Reader(calib), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         calibrate_method=methods[method], nodes_to_quantize=nodes,
@@ -98,8 +104,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, method: st
         for k, v in extra.items():
             e = q.metadata_props.add()
             e.key, e.value = k, json.dumps(v)
-        onnx.save(q, str(tmp))
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as final:
+            onnx.save(q, str(final))
     return out_path
 
 

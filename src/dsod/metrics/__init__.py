@@ -4,8 +4,13 @@ One :class:`Evaluator` serves training-time validation and ``dsod val``; any mod
 scored from a COCO-results JSON with :func:`score_detections_file`.
 """
 from .coco import COCO_STAT_NAMES
-from .detections_io import (DetectionsFileError, read_detections_json, score_detections_file,
-                            update_from_detections_file, write_detections_json)
+from .detections_io import (
+                            DetectionsFileError,
+                            read_detections_json,
+                            score_detections_file,
+                            update_from_detections_file,
+                            write_detections_json,
+)
 from .evaluator import Evaluator
 from .voc import ap_11point, ap_area, evaluate_voc, iou_pairs
 

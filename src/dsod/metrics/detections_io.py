@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple, Uni
 
 import numpy as np
 
-from .evaluator import Evaluator, atomic_write_text, json_safe, normalize_id, to_numpy
-
+from ..errors import DsodError
+from ..files import atomic_write_text
+from .evaluator import Evaluator, json_safe, normalize_id, to_numpy
 
 if TYPE_CHECKING:
     from ..data.records import DatasetInfo, ImageRecord
 
 
-class DetectionsFileError(ValueError):
+class DetectionsFileError(DsodError, ValueError):
     """A detections file that cannot be scored; the message is one line naming file and entry."""
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..files import atomic_write_text
 from . import coco as coco_mod
 from .voc import VOCResult, confusion_matrix, evaluate_voc
 
@@ -69,23 +69,6 @@ def json_safe(x):
     if isinstance(x, np.generic):
         return json_safe(x.item())
     return x
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    """Write ``text`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 class Evaluator:

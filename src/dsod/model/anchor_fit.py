@@ -37,9 +37,9 @@ from typing import Dict, List, Tuple
 import torch
 from torchvision.ops import box_iou
 
-from ..anchors import default_boxes, resolve_aspect_ratios, source_centres, source_sizes
-from ..boxes import cxcywh_to_xyxy
 from ..config import AnchorConfig, ModelConfig
+from ..geometry.anchors import default_boxes, resolve_aspect_ratios, source_centres, source_sizes
+from ..geometry.boxes import cxcywh_to_xyxy
 from .factory import feature_sizes
 
 IOU_THRESHOLD = 0.5  # ORIGINAL.md §1.6

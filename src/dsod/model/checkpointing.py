@@ -15,7 +15,6 @@ from typing import List
 import torch
 from torch import nn
 
-
 _recompute_state = threading.local()
 
 

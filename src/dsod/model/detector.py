@@ -1,5 +1,5 @@
 """The DSOD detector: backbone -> prediction structure -> heads. Same output in train and eval;
-the loss (``dsod.loss``) and post-processing (``dsod.postprocess``) are separate callables."""
+the loss (``dsod.model.loss``) and post-processing (``dsod.inference.postprocess.detection_output``) are separate callables."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -9,7 +9,7 @@ from torch import nn
 
 
 class HeadOutputs(NamedTuple):
-    bbox_regression: torch.Tensor  # (N, num_anchors, 4) encoded offsets (see dsod.box_coder)
+    bbox_regression: torch.Tensor  # (N, num_anchors, 4) encoded offsets (see dsod.geometry.box_coder)
     cls_logits: torch.Tensor  # (N, num_anchors, num_classes) raw scores, class 0 = background
 
 

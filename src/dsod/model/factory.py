@@ -6,14 +6,14 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from ..anchors import anchors_per_location, default_boxes, resolve_aspect_ratios
 from ..config import ModelConfig, get_config
+from ..geometry.anchors import anchors_per_location, default_boxes, resolve_aspect_ratios
 from .backbone import DSODBackbone
 from .detector import DSOD
-from .vgg import VGGBackbone
 from .head import DetectionHead
-from .norms import L2Norm
 from .neck import DensePrediction, PlainPrediction
+from .norms import L2Norm
+from .vgg import VGGBackbone
 
 
 def _build_features(cfg: ModelConfig) -> Tuple[nn.Module, nn.Module]:

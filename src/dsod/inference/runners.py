@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .postprocess import PostProcessor, decode_outputs
+from .postprocess.detection_output import PostProcessor, decode_outputs
 
 Decoded = Tuple[torch.Tensor, torch.Tensor]
 
@@ -34,7 +34,7 @@ class TorchRunner:
         self.variances = tuple(model.config.anchors.variances)
         self.anchors = model.anchors_cxcywh.detach().to(self.device)
         if fused:
-            from .model.fast import fuse_for_inference
+            from ..model.fast import fuse_for_inference
 
             model = fuse_for_inference(model)
         self.net = model.to(self.device)
@@ -51,11 +51,11 @@ class OrtRunner:
     ``metadata`` is the file's (names, image_size, int8 figures)."""
 
     def __init__(self, path: Union[str, Path], threads: Optional[int] = None, engine: str = "onnxruntime"):
-        from .onnx_backend import OnnxDetector, OpenVinoDetector
+        from .sessions import OrtSession, OpenVinoSession
 
         if engine not in ("onnxruntime", "openvino"):
             raise ValueError(f"engine={engine}: valid: onnxruntime, openvino")
-        self.session = (OpenVinoDetector if engine == "openvino" else OnnxDetector)(path, threads=threads)
+        self.session = (OpenVinoSession if engine == "openvino" else OrtSession)(path, threads=threads)
         self.metadata: Dict[str, Any] = self.session.metadata
         self.name = engine + ("-int8" if "quantization" in self.metadata else "")
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .engine.memory import ALLOCATORS, active_allocator, allocator_env, find_jemalloc
+from .allocator import ALLOCATORS, active_allocator, allocator_env, find_jemalloc
 
 _MARK = "DSOD_ALLOCATOR_ACTIVE"  # set before the re-exec: never loop
 
@@ -98,7 +98,7 @@ def cpu_processes_for(keys: Dict[str, object], default: int) -> int:
         if torch.cuda.is_available():
             return 1
     if keys.get("resume"):
-        from .engine.checkpoint import load_checkpoint
+        from ..model.checkpoint import load_checkpoint
         return int(load_checkpoint(str(keys["resume"])).get("world_size") or 1)
     batch = int(keys.get("batch") or 16)
     return procs if batch % procs == 0 and batch // procs >= 2 else 1
@@ -118,7 +118,7 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     batch = int(keys.get("batch") or 16)
     if not keys.get("resume"):
         args.append(f"batch={batch // procs}")
-    from .engine.distributed import free_port
+    from .distributed import free_port
 
     port = free_port()
     print(f"dsod: {allocator_note()}; {procs} DDP processes on gloo x 1 thread, batch {batch // procs} each "
@@ -157,9 +157,9 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
 
 def default_train_config(cores: Optional[int] = None):
     """The configuration ``dsod train`` picks on this CPU (what ``dsod bench`` calls "new default")."""
-    from .engine.numerics import CHANNELS_LAST_CPU
-    from .engine.train_probe import TrainConfig
+    from ..engine.train_probe import TrainConfig
     from .hardware import native_bf16
+    from .numerics import CHANNELS_LAST_CPU
 
     cores = cores or os.cpu_count() or 1
     procs = CPU_PROCESSES(cores)

@@ -2,7 +2,7 @@
 IoU with a kept box of its class, visited earlier, exceeds the threshold).
 
 ``class_nms(boxes (n, 4), classes, ranks, counts, iou, max_per_class)`` -> positions of the kept
-candidates; ``dsod.selection`` hands it each class's candidates in Caffe's order.
+candidates; ``dsod.inference.postprocess.selection`` hands it each class's candidates in Caffe's order.
 
 On CPU it runs ONNX Runtime's ``NonMaxSuppression`` kernel, one call for all classes (each class is a
 "batch" of the op), when onnxruntime and onnx are installed; else torchvision's ``nms``, one call per
@@ -60,7 +60,7 @@ def numba_available() -> bool:
 def kernel(requested: Optional[str] = None) -> str:
     """The selection's NMS kernel: ``requested`` ("numba" | "onnxruntime" | "torchvision"), else
     ``DSOD_NMS``, else the first installed of numba (the whole selection compiled,
-    ``dsod.selection_kernel``), ONNX Runtime, torchvision. A requested kernel that is not installed
+    ``dsod.inference.postprocess.kernel``), ONNX Runtime, torchvision. A requested kernel that is not installed
     falls back in the same order."""
     want = (requested or os.environ.get("DSOD_NMS") or "auto").lower()
     if want not in ("auto", "numba", "onnxruntime", "torchvision"):

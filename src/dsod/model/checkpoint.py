@@ -8,10 +8,8 @@ Contents: ``model`` (state dict), ``model_config`` (the ModelConfig as plain dat
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -20,9 +18,11 @@ import torch
 import torchvision
 
 from ..config import PIXEL_MEAN_BGR, AnchorConfig, ModelConfig
+from ..errors import DsodError
+from ..files import atomic_path
 
 
-class CheckpointError(Exception):
+class CheckpointError(DsodError):
     pass
 
 
@@ -65,18 +65,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a kill or Ctrl-C at any
     moment leaves either the previous file or the new one, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path | str, map_location: Optional[str | torch.device] = "cpu") -> Dict[str, Any]:
@@ -102,7 +92,7 @@ def model_payload(model: torch.nn.Module, cfg: ModelConfig, names, category_ids,
 
 def build_from_checkpoint(ckpt: Dict[str, Any]):
     """Rebuild the model of a loaded checkpoint (eval mode); returns (model, ModelConfig)."""
-    from ..model import build_model
+    from . import build_model
 
     cfg = config_from_dict(ckpt["model_config"])
     model = build_model(cfg)

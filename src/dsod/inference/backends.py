@@ -31,10 +31,12 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from ..errors import DsodError
+
 BACKENDS = ("auto", "torch", "fused", "onnxruntime", "onnxruntime-int8", "openvino")
 
 
-class BackendError(ValueError):
+class BackendError(DsodError, ValueError):
     """A backend that cannot run here, or a model file it cannot take (one line)."""
 
 
@@ -92,7 +94,7 @@ def onnx_metadata(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        from .onnx_backend import read_metadata
+        from .sessions import read_metadata
 
         return read_metadata(path)
     except Exception:  # a damaged or foreign file: rebuilt like a stale one
@@ -104,7 +106,7 @@ def ensure_fp32(checkpoint: Path, digest: str, log=print) -> Path:
     fp32, _ = cache_paths(checkpoint, digest)
     if onnx_metadata(fp32).get("checkpoint_sha256") == digest:
         return fp32
-    from .export import DEFAULTS, export_main
+    from ..export import DEFAULTS, export_main
 
     log(f"exporting {fp32} for backend=onnxruntime (once per checkpoint; {checkpoint.name} "
         f"{'changed' if fp32.exists() else 'has no export yet'})")
@@ -119,9 +121,9 @@ def ensure_int8(checkpoint: Path, digest: str, data: Optional[str] = None, log=p
     meta = onnx_metadata(int8)
     if meta.get("checkpoint_sha256") == digest and "map_change" in meta:
         return int8
-    from .engine.checkpoint import load_checkpoint
-    from .export import DEFAULTS
-    from .export.main import export_int8, resolve_dataset
+    from ..export import DEFAULTS
+    from ..export.main import export_int8, resolve_dataset
+    from ..model.checkpoint import load_checkpoint
 
     spec = resolve_dataset(data, load_checkpoint(checkpoint))
     if spec is None or "val" not in spec.splits or "train" not in spec.splits:
@@ -133,7 +135,7 @@ def ensure_int8(checkpoint: Path, digest: str, data: Optional[str] = None, log=p
 
 
 # what timed_speeds times: one image to detections at dsod val's score (the network, then the one
-# selection, dsod.selection); a remembered figure of another measure is retimed
+# selection, dsod.inference.postprocess.selection); a remembered figure of another measure is retimed
 MEASURE = "detect-prefix@0.01"
 INT8_MIN_SPEEDUP = 1.15  # without int8 dot products: int8 must be this much faster than fp32 to be served
 ENGINES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "onnxruntime-int8": "onnxruntime"}
@@ -146,9 +148,9 @@ def timed_speeds(files: Dict[str, Path], runs: int = 5) -> Dict[str, float]:
     files in ``<stem>.speed.json`` (written atomically): which engine is fastest depends on the model
     as much as on the CPU (OpenVINO fp32 ran DSOD300 1.36x ONNX Runtime on the Zen 3, but a small
     224-px cpu-dsod 7% slower; int8 was no faster than fp32 on a Zen 1 and 2-3x on a Zen 3)."""
-    from .hardware import cpu_id
-    from .metrics.evaluator import atomic_write_text
-    from .postprocess import PostProcessor
+    from ..files import atomic_write_text
+    from ..runtime.hardware import cpu_id
+    from .postprocess.detection_output import PostProcessor
     from .runners import OrtRunner
 
     fp32 = files["onnxruntime"]
@@ -184,8 +186,8 @@ def timed_speeds(files: Dict[str, Path], runs: int = 5) -> Dict[str, float]:
 def choose_backend(model: Union[str, Path], requested: str = "auto", device: str = "auto",
                    data: Optional[str] = None, log=print) -> BackendChoice:
     """Which backend runs ``model`` (a checkpoint .pt, or an exported .onnx) and why."""
-    from .engine.run import select_device
-    from .export import INT8_MAX_LOSS_POINTS, checkpoint_sha256, has_int8_dot
+    from ..export import INT8_MAX_LOSS_POINTS, checkpoint_sha256, has_int8_dot
+    from ..runtime.device import select_device
 
     if requested not in BACKENDS:
         raise BackendError(f"backend={requested}: valid: {', '.join(BACKENDS)}")
@@ -255,7 +257,7 @@ def choose_backend(model: Union[str, Path], requested: str = "auto", device: str
 
 
 def open_runner(choice: BackendChoice, model=None, threads: Optional[int] = None):
-    """The runner (``dsod.runners``) for a choice; ``model``: the loaded checkpoint model (torch/fused)."""
+    """The runner (``dsod.inference.runners``) for a choice; ``model``: the loaded checkpoint model (torch/fused)."""
     from .runners import OrtRunner, TorchRunner
 
     if choice.name in ("torch", "fused"):

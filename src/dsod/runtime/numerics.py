@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..hardware import cpu_summary, native_bf16
+from .hardware import cpu_summary, native_bf16
 
 # Channels-last on CPU: measured per CPU kind with `dsod bench` (training section, docs/PERFORMANCE.md):
 # faster on the AVX-512 Xeon of issue 12 (4.6 -> 3.0 s per dsod-tiny-bccd step) and on AVX2.

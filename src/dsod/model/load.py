@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from ..errors import DsodError
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(DsodError, ValueError):
     """``model=`` names neither a preset nor a checkpoint file (one line)."""
 
 
@@ -21,13 +22,13 @@ def load_model(spec: str, imgsz: Optional[int] = None) -> Tuple["object", ModelC
 def load_model_and_checkpoint(spec: str, imgsz: Optional[int] = None
                               ) -> Tuple["object", ModelConfig, Optional[Dict[str, Any]]]:
     """As ``load_model``, plus the checkpoint's contents (names, train_args, ...; None for a preset)."""
-    from .config import PRESETS
-    from .model import build_model
+    from ..config import PRESETS
+    from . import build_model
 
     p = Path(str(spec)).expanduser()
     ckpt = None
     if p.suffix == ".pt" or p.is_file():
-        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+        from .checkpoint import build_from_checkpoint, load_checkpoint
 
         ckpt = load_checkpoint(p)
         model, cfg = build_from_checkpoint(ckpt)

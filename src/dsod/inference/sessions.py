@@ -1,13 +1,13 @@
 """ONNX Runtime and OpenVINO inference for models written by ``dsod export`` (the ``onnxruntime`` and
 ``openvino`` backends).
 
-    from dsod.onnx_backend import OnnxDetector, OpenVinoDetector
-    det = OnnxDetector("best.onnx")                       # fp32 or the int8 "best-int8.onnx"
-    det = OpenVinoDetector("best.onnx")                   # the same file in OpenVINO's CPU plugin
+    from dsod.inference.sessions import OrtSession, OpenVinoSession
+    det = OrtSession("best.onnx")                       # fp32 or the int8 "best-int8.onnx"
+    det = OpenVinoSession("best.onnx")                   # the same file in OpenVINO's CPU plugin
     boxes, scores = det.predict(batch)                    # batch: (N, 3, S, S) float32, BGR minus mean
 
-The full pipeline (preprocessing, post-processing, class names) is ``dsod.predict.Detector``, which
-runs these files through ``dsod.runners.OrtRunner`` (``Detector.load("best.onnx")``).
+The full pipeline (preprocessing, post-processing, class names) is ``dsod.inference.predict.Detector``, which
+runs these files through ``dsod.inference.runners.OrtRunner`` (``Detector.load("best.onnx")``).
 
 The exported graph (``dsod.export``) takes ``images`` (N, 3, S, S) float32 BGR minus (104, 117, 123),
 dynamic N, and outputs ``boxes`` (N, A, 4) xyxy normalised to [0, 1] of the input (default boxes baked
@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 
-class OnnxDetector:
+class OrtSession:
     """An ONNX Runtime session around an exported DSOD.
 
     Args:
@@ -64,7 +64,7 @@ class OnnxDetector:
         return out["boxes"], out["scores"]
 
 
-class OpenVinoDetector:
+class OpenVinoSession:
     """The same exported file compiled by OpenVINO's CPU plugin (``pip install openvino``): it reads
     the ONNX graph directly (no conversion step) and picks its own kernels for the CPU it finds; on
     the AVX2 EPYC it ran DSOD300 fp32 ~1.4x faster than ONNX Runtime (docs/PERFORMANCE.md).
@@ -112,14 +112,14 @@ def network_batch(batch: np.ndarray) -> np.ndarray:
 def preprocess_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> (3, size, size) float32 network input: ``dsod.data.preprocess.preprocess``
     (the one test-time preprocessing, also that of ``dsod val`` and ``dsod predict``) as an array."""
-    from .data.preprocess import preprocess
+    from ..data.preprocess import preprocess
 
     return preprocess(rgb, size).numpy()
 
 
 def list_images(source: Union[str, Path], limit: Optional[int] = None) -> List[Path]:
     """Image files of a file, a folder, a glob, or a VOC root (its JPEGImages), sorted."""
-    from .data.images import find_images
+    from ..data.images import find_images
 
     files = find_images(source)
     return files[:limit] if limit else files
@@ -128,7 +128,7 @@ def list_images(source: Union[str, Path], limit: Optional[int] = None) -> List[P
 def read_rgb(path: Union[str, Path]) -> np.ndarray:
     """Upright RGB uint8, decoded as in training (``dsod.data.images.load_image``); a one-line
     ``ImageError`` for an unusable file."""
-    from .data.images import ImageError, load_image
+    from ..data.images import ImageError, load_image
 
     try:
         return load_image(path)

@@ -1,6 +1,6 @@
 """Inference on images: the Python API (``Detector``) behind ``dsod predict``.
 
-    from dsod.predict import Detector
+    from dsod.inference.predict import Detector
     det = Detector.load("runs/train/weights/best.pt")   # backend="auto": fastest lossless here (printed)
     results = det.predict("image.jpg")          # or a folder, a glob, a PIL image, an RGB uint8 array
     results[0]["boxes"], results[0]["scores"], results[0]["names"]
@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .data.images import ImageError, find_images
-from .data.preprocess import preprocess as _preprocess
-from .onnx_backend import read_rgb as onnx_read_rgb
-from .postprocess import PostProcessor
+from ..data.images import ImageError, find_images
+from ..data.preprocess import preprocess as _preprocess
+from ..errors import DsodError
+from ..files import atomic_path
+from .postprocess.detection_output import PostProcessor
+from .sessions import read_rgb as onnx_read_rgb
 
 Source = Union[str, Path, np.ndarray, Image.Image]
 
 
-class PredictError(Exception):
+class PredictError(DsodError):
     pass
 
 
@@ -52,11 +54,11 @@ def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
 
 
 class Detector:
-    """A trained DSOD ready for inference, on any backend (``dsod.backends``): PyTorch eager or fused,
+    """A trained DSOD ready for inference, on any backend (``dsod.inference.backends``): PyTorch eager or fused,
     or an exported ONNX file in ONNX Runtime (fp32 or int8). ``Detector.load`` chooses the backend.
 
     Args:
-        runner: a ``dsod.runners`` runner (preprocessed batch -> decoded boxes and scores).
+        runner: a ``dsod.inference.runners`` runner (preprocessed batch -> decoded boxes and scores).
         names, image_size, category_ids: the model's classes and input size.
         conf, iou, max_det: post-processing (``PostProcessor``).
     """
@@ -77,16 +79,16 @@ class Detector:
     def load(cls, path: Union[str, Path], backend: str = "auto", device: str = "auto", data: Optional[str] = None,
              threads: Optional[int] = None, log=print, **kwargs) -> "Detector":
         """A checkpoint (.pt) or an exported model (.onnx) on the backend ``backend=`` names (``auto``:
-        ``dsod.backends.choose_backend``; the choice is printed through ``log``). ``data``: the dataset
+        ``dsod.inference.backends.choose_backend``; the choice is printed through ``log``). ``data``: the dataset
         an int8 export is calibrated and checked on (default: the checkpoint's own)."""
+        from ..model.checkpoint import CheckpointError
         from .backends import BackendError, choose_backend, open_runner
-        from .engine.checkpoint import CheckpointError
 
         try:
             choice = choose_backend(path, backend, device, data, log=log)
             model, names, size, ids = None, None, None, None
             if choice.name in ("torch", "fused"):
-                from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+                from ..model.checkpoint import build_from_checkpoint, load_checkpoint
 
                 ckpt = load_checkpoint(path)
                 model, cfg = build_from_checkpoint(ckpt)
@@ -141,7 +143,6 @@ class Detector:
 
 def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None:
     """Write the image with its boxes, class names and scores (JPEG/PNG by suffix), atomically."""
-    import os
 
     from PIL import ImageDraw
 
@@ -159,6 +160,5 @@ def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None
         draw.rectangle((tb[0], tb[1] - 1, tb[2] + 2, tb[3] + 1), fill=colour)
         draw.text((box[0] + 1, box[1]), text, fill=(255, 255, 255))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp)

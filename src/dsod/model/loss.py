@@ -1,6 +1,6 @@
 """SSD MultiBoxLoss as configured by DSOD (ORIGINAL.md §1.6).
 
-Per image: match default boxes to ground truth (``dsod.matching``), Smooth-L1 on the encoded offsets
+Per image: match default boxes to ground truth (``dsod.geometry.matching``), Smooth-L1 on the encoded offsets
 of the positives, softmax cross-entropy on the positives plus the hardest negatives (``MAX_NEGATIVE``
 mining, neg:pos = 3:1, negatives only among boxes whose best IoU < ``neg_overlap``). Both sums are
 divided by the number of positives in the batch (Caffe ``VALID`` normalisation, at least 1).
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .box_coder import encode
-from .boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
-from .matching import match_many
+from ..geometry.box_coder import encode
+from ..geometry.boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
+from ..geometry.matching import match_many
 
 
 class MultiBoxLoss(nn.Module):

@@ -1,8 +1,8 @@
 """Detection output (ORIGINAL.md §1.7, Caffe ``DetectionOutput``): softmax, decode, per-class score
-threshold (0.01) and top-k (400), per-class greedy NMS (0.45, ``dsod.nms``), keep the best 200
+threshold (0.01) and top-k (400), per-class greedy NMS (0.45, ``dsod.inference.postprocess.nms``), keep the best 200
 per image. One loop over images.
 
-Every backend's decoded outputs go through the same selection, ``dsod.selection`` (one compiled call
+Every backend's decoded outputs go through the same selection, ``dsod.inference.postprocess.selection`` (one compiled call
 where numba is installed, else NumPy; exactly Caffe's, equal scores included: tested against the
 original loop), which sorts only the prefix of the score order that can hold the detections."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .box_coder import decode
-from .boxes import cxcywh_to_xyxy
+from ...geometry.box_coder import decode
+from ...geometry.boxes import cxcywh_to_xyxy
 from .selection import PrefixSelector
 
 
@@ -32,7 +32,7 @@ class PostProcessor:
     """Args:
         score_thresh, nms_thresh, topk_candidates (per class, before NMS), detections_per_img.
         variances: box-coding variances.
-        nms_kernel: "onnxruntime" | "torchvision" | None (``dsod.nms.kernel``: ONNX Runtime's on CPU
+        nms_kernel: "onnxruntime" | "torchvision" | None (``dsod.inference.postprocess.nms.kernel``: ONNX Runtime's on CPU
             where installed).
 
     __call__(bbox_regression (N, A, 4), cls_logits (N, A, C), anchors_cxcywh (A, 4), image_sizes)
@@ -50,7 +50,7 @@ class PostProcessor:
         self.topk_candidates = topk_candidates
         self.detections_per_img = detections_per_img
         self.variances = variances
-        self.nms_kernel = nms_kernel  # dsod.nms.kernel: None picks the fastest installed
+        self.nms_kernel = nms_kernel  # dsod.inference.postprocess.nms.kernel: None picks the fastest installed
 
     @torch.no_grad()
     def __call__(self, bbox_regression: torch.Tensor, cls_logits: torch.Tensor, anchors_cxcywh: torch.Tensor,

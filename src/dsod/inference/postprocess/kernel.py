@@ -1,4 +1,4 @@
-"""``dsod.selection``'s prefix selection as one compiled function (numba, ``pip install numba``; the
+"""``dsod.inference.postprocess.selection``'s prefix selection as one compiled function (numba, ``pip install numba``; the
 ``fast`` extra): the threshold, the pairs above it, the sort, each class's top-k and greedy NMS, and
 the final order, without leaving machine code.
 
@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .selection import _ANCHOR_BITS as _A_BITS
-from .selection import _CLASS_BITS, _SAMPLE
+from .keys import ANCHOR_BITS as _A_BITS
+from .keys import CLASS_BITS as _CLASS_BITS
+from .keys import SAMPLE as _SAMPLE
 
-_C_SHIFT = 64 - _CLASS_BITS  # key: class | inverted score bits (32) | anchor (_A_BITS), as dsod.selection
+_C_SHIFT = 64 - _CLASS_BITS  # key: class | inverted score bits (32) | anchor (_A_BITS), as dsod.inference.postprocess.selection
 
 
 @njit(cache=True, nogil=True)

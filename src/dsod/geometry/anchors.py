@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import AnchorConfig
+from ..config import AnchorConfig
 
 
 def ssd_sizes(image_size: int, num_sources: int, size_ratios: Tuple[int, int],

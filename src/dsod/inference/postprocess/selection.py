@@ -19,8 +19,8 @@ TopK, as this module replaced) took 3.5-4.4 ms there, this 0.5-0.85 ms (AMD Zen 
 
 No library does this: torchvision's ``batched_nms`` and ONNX ``NonMaxSuppression`` run NMS over all
 the candidates they are given. Where numba is installed (the ``fast`` extra) the whole selection is
-one compiled call (``dsod.selection_kernel``, 1.6-2.4x faster where it matters, after the network, on cold
-caches); otherwise NumPy here with ONNX Runtime's or torchvision's NMS (``dsod.nms``). Same
+one compiled call (``dsod.inference.postprocess.kernel``, 1.6-2.4x faster where it matters, after the network, on cold
+caches); otherwise NumPy here with ONNX Runtime's or torchvision's NMS (``dsod.inference.postprocess.nms``). Same
 detections either way (tests/test_postprocess.py).
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .keys import ANCHOR_BITS as _ANCHOR_BITS
+from .keys import CLASS_BITS as _CLASS_BITS
+from .keys import SAMPLE as _SAMPLE
 from .nms import class_nms, kernel
-
-_SAMPLE = 8192  # scores sampled to guess the threshold of a prefix of about m pairs
-_ANCHOR_BITS, _CLASS_BITS = 20, 12  # sort keys: class | inverted score bits | anchor in one uint64
 
 
 def _threshold_for(flat: np.ndarray, m: int, floor: float) -> float:
@@ -50,10 +50,10 @@ def _threshold_for(flat: np.ndarray, m: int, floor: float) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _compiled():
-    """``dsod.selection_kernel``, or None where numba cannot load it (e.g. no writable cache
+    """``dsod.inference.postprocess.kernel``, or None where numba cannot load it (e.g. no writable cache
     directory for its compiled code); the NumPy path then gives the same detections."""
     try:
-        from . import selection_kernel
+        from . import kernel as selection_kernel
     except (ImportError, RuntimeError, OSError):
         return None
     return selection_kernel
