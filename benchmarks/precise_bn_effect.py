@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def main(argv):
     from dsod.data import DetectionDataset, load_dataset, train_transform
+    from dsod.data import eval_loader as val_loader
     from dsod.engine.evaluate import run_evaluation
-    from dsod.engine.loaders import side_batches, val_loader
+    from dsod.engine.loaders import side_batches
     from dsod.engine.precise_bn import bn_buffers, load_bn_buffers, recompute_bn_stats
     from dsod.metrics import Evaluator
     from dsod.model.checkpoint import build_from_checkpoint, load_checkpoint

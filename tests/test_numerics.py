@@ -64,7 +64,7 @@ def test_train_from_python_keeps_the_callers_process_settings(shared_data, tmp_p
 
 def test_bench_training_section_measures_each_configuration_in_fresh_processes():
     from dsod.bench.train import OLD_DEFAULT, training_section
-    from dsod.runtime.launch import default_train_config
+    from dsod.engine.train_probe import default_train_config
 
     sec = training_section("dsod-nano", batch=8, steps=1, peers=[], cores=2, only=["channels_last"])
     res = sec["results"]

@@ -8,8 +8,7 @@ import dataclasses
 import statistics
 from typing import Any, Dict, List, Optional
 
-from ..engine.train_probe import TrainConfig, train_cost
-from ..runtime.launch import default_train_config
+from ..engine.train_probe import TrainConfig, default_train_config, train_cost
 
 # The path `dsod train` took before issue 12: glibc with a 1 MiB mmap threshold, NCHW, fp32, 1 thread.
 OLD_DEFAULT = TrainConfig(allocator="mmap1m", channels_last=False, bf16=False, threads=1, processes=1)

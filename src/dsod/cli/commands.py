@@ -86,26 +86,21 @@ def make_run_dir(args: Dict[str, object]) -> Path:
 def evaluate_checkpoint(args, info, records):
     """Score a checkpoint on ``records`` through the backend ``predict`` would serve it on (the same
     preprocessing and post-processing as ``dsod predict``)."""
-    from torch.utils.data import DataLoader
-
-    from ..data import DetectionDataset, collate, eval_transform
-    from ..inference.predict import Detector, PredictError
-    from ..inference.runners import evaluate
+    from ..data import eval_loader
+    from ..inference.predict import Detector
+    from ..inference.runners import detector
     from ..metrics import Evaluator
+    from ..metrics.loop import evaluate
 
-    try:
-        det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
-                            data=str(args["data"]), threads=args["threads"], conf=float(args["conf"]),
-                            iou=float(args["iou"]))
-    except PredictError as e:
-        raise CLIError(str(e)) from None
+    det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
+                        data=str(args["data"]), threads=args["threads"], conf=float(args["conf"]),
+                        iou=float(args["iou"]))
     if list(det.names) != list(info.names):
         raise CLIError(f"model={args['model']} was trained on classes {det.names} but {args['data']} has "
                        f"{info.names}")
-    loader = DataLoader(DetectionDataset(records, eval_transform(det.image_size), train=False),
-                        batch_size=int(args["batch"]), num_workers=int(args["workers"]), collate_fn=collate)
+    loader = eval_loader(records, det.image_size, int(args["batch"]), int(args["workers"]))
     evaluator = Evaluator(info, records)
-    return evaluate(det.runner, loader, evaluator, det.postprocessor), evaluator
+    return evaluate(detector(det.runner, det.postprocessor), loader, evaluator), evaluator
 
 
 def cmd_predict(args: Dict[str, object]) -> int:

@@ -169,3 +169,13 @@ def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = False, w
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       worker_init_fn=seed_worker if workers > 0 else None, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and workers > 0)
+
+
+def eval_loader(records: Sequence[ImageRecord], image_size: int, batch: int = 8, workers: int = 0) -> DataLoader:
+    """Every image of ``records`` once, in order, with the test-time preprocessing
+    (``data.preprocess``): what training's validation, ``dsod val`` and export's checks all read."""
+    from .transforms import eval_transform
+
+    dataset = DetectionDataset(list(records), eval_transform(image_size), train=False)
+    return DataLoader(dataset, batch_size=max(1, int(batch)), shuffle=False, num_workers=int(workers),
+                      collate_fn=collate)

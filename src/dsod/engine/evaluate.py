@@ -1,6 +1,6 @@
 """Run a detector over an evaluation loader and feed the one evaluator (``dsod.metrics``).
 
-The same function serves periodic validation during training and ``dsod val``."""
+Validation runs through the one evaluation loop (``dsod.metrics.loop``) that ``dsod val`` uses."""
 from __future__ import annotations
 
 import contextlib
@@ -8,9 +8,10 @@ import math
 from typing import Any, Callable, Dict, Optional
 
 import torch
-from tqdm import tqdm
 
 from ..inference.postprocess.detection_output import PostProcessor
+from ..inference.runners import TorchRunner, detector
+from ..metrics.loop import evaluate
 
 
 def autocast_context(device: torch.device, amp: bool, bf16: bool):
@@ -21,23 +22,17 @@ def autocast_context(device: torch.device, amp: bool, bf16: bool):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.device,
                    postprocessor: Optional[PostProcessor] = None, amp: bool = False, bf16: bool = False,
                    progress: bool = True, desc: str = "val"):
-    """Returns ``evaluator.compute()``. Predictions are mapped back to original image pixels."""
-    postprocessor = postprocessor or PostProcessor()
+    """Training's validation: ``model`` (in its training numerics) through the one evaluation loop
+    (``dsod.metrics.loop``), as ``dsod val`` scores a checkpoint. Returns ``evaluator.compute()``."""
     was_training = model.training
-    model.eval()
-    anchors = model.anchors_cxcywh
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        with autocast_context(device, amp, bf16):
-            out = model(images.to(device, non_blocking=True))
-        sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        dets = postprocessor(out.bbox_regression.float(), out.cls_logits.float(), anchors, image_sizes=sizes)
-        evaluator.update([t["image_id"] for t in targets], [{k: v.cpu() for k, v in d.items()} for d in dets])
-    model.train(was_training)
-    return evaluator.compute()
+    runner = TorchRunner(model, device, autocast=lambda: autocast_context(device, amp, bf16))
+    try:
+        return evaluate(detector(runner, postprocessor or PostProcessor()), loader, evaluator, progress, desc)
+    finally:
+        model.train(was_training)
 
 
 def metric_columns(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -94,3 +89,13 @@ def evaluation_line(row: Dict[str, Any], dataset_format: str) -> str:
                 f"{row[key + '_running_bn']:.4f}; {row['bn_stats']} kept)")
     return (f"iter {row['iteration']}: mAP@0.5 (VOC07 11-point) {row['voc07_map50']:.4f}  "
             f"COCO AP {row['coco_ap']:.4f}{both}")
+
+
+def patience_reason(history, best_iteration: int, patience: int, iteration: int) -> str:
+    """Why ``patience=`` ends the run now ("" while it goes on): ``patience`` evaluations in
+    ``history`` since the best one."""
+    since = sum(1 for r in history if r["iteration"] > best_iteration)
+    if since < patience:
+        return ""
+    return (f"early stop at iteration {iteration}: {since} evaluations without improvement "
+            f"(patience={patience}); best.pt is iteration {best_iteration}")

@@ -40,12 +40,3 @@ def side_batches(dataset: Dataset, batch: int, num_batches: int, *, seed: int, r
 def side_seed(seed: int, iteration: int, stream: int = 0) -> int:
     """The seed of a side stream at ``iteration``: apart from the training stream's and each other's."""
     return (seed + 1) * 1_000_003 + iteration + stream * 7919
-
-
-def val_loader(records, image_size: int, batch: int, workers: int = 0) -> DataLoader:
-    """The validation images in order, test-time preprocessing (``data.preprocess``), every image once."""
-    from ..data import DetectionDataset, eval_transform
-
-    dataset = DetectionDataset(records, eval_transform(image_size), train=False)
-    return DataLoader(dataset, batch_size=max(1, batch), shuffle=False, num_workers=workers,
-                      collate_fn=collate)

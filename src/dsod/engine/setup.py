@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -13,7 +14,8 @@ from tqdm import tqdm
 
 from ..config import ModelConfig, get_config
 from ..model.checkpoint import config_from_dict, load_checkpoint
-from .budget import parse_duration
+from ..runtime import distributed as dist_utils
+from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
 from .run import TrainingError
 from .train_args import TrainArgs
 
@@ -149,3 +151,35 @@ def set_bn_decay(model: torch.nn.Module, decay: float) -> None:
     for m in model.modules():
         if isinstance(m, CaffeBatchNorm2d):
             m.decay = decay
+
+
+def plan_budget(self, seconds: float):
+    """The ``time=`` plan of trainer ``self``: time a few steps, estimate an evaluation from them, and
+    plan the run (rank 0 decides)."""
+    a = self.args
+    batches = self._extra_batches(5, targets=True, stream=7)
+    net = self.ddp or self.model
+    step_s = probe_step_seconds(net, self.model, batches, self._loss_on, 4) * a.accumulate
+    n_val = len(self.val_records) if (a.val and self.val_records) else 0
+    eval_s = estimate_eval_seconds(step_s, a.batch * a.accumulate, n_val, self.precise_images, self.world)
+    step_s, eval_s = dist_utils.from_main([step_s, eval_s], self.device)
+    budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
+    budget.plan(0, time.time() - self.t_start)
+    # every rank runs rank 0's plan (as in _replan): each process's own clock can give another
+    # length, hence other evaluation iterations (a deadlock in precise BN, seen on coco128) and
+    # another lr schedule per rank
+    total, interval = dist_utils.from_main([budget.total_iters, budget.val_interval], self.device)
+    budget.total_iters, budget.val_interval = int(total), int(interval)
+    if a.val_interval:
+        budget.val_interval = a.val_interval
+    self.notes.append(budget.describe() + f"; per process {a.batch} images per step")
+    return budget
+
+
+def place_model(model, device: torch.device, numerics, world: int):
+    """The model on its device in the run's memory format, and its DDP wrapper when ``world`` > 1."""
+    memory_format = torch.channels_last if numerics.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
+    return model, ddp, memory_format

@@ -101,8 +101,8 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
     from .evaluate import autocast_context
 
     if kind == "ours":
+        from ..families import criterion_for
         from ..model.load import load_model
-        from ..model.loss import MultiBoxLoss
 
         model, mcfg = load_model(name, imgsz)
         if cfg.memory_efficient is not None:
@@ -110,7 +110,7 @@ def _build_step(kind: str, name: str, cfg: TrainConfig, imgsz: Optional[int], dd
                 if hasattr(mod, "memory_efficient"):
                     mod.memory_efficient = cfg.memory_efficient
         size = mcfg.image_size
-        criterion = MultiBoxLoss(variances=mcfg.anchors.variances)
+        criterion = criterion_for(mcfg)
         anchors = model.anchors_cxcywh
     else:
         from ..model.peers import Peer
@@ -243,3 +243,15 @@ def train_cost(kind: str, name: str, batch: int, steps: int, cfg: TrainConfig = 
 
 if __name__ == "__main__":
     print(json.dumps(_child(json.loads(sys.argv[1]))), flush=True)
+
+
+def default_train_config(cores: Optional[int] = None):
+    """The configuration ``dsod train`` picks on this CPU (what ``dsod bench`` calls "new default")."""
+    from ..runtime.hardware import native_bf16
+    from ..runtime.launch import CPU_PROCESSES, default_allocator
+    from ..runtime.numerics import CHANNELS_LAST_CPU
+
+    cores = cores or os.cpu_count() or 1
+    procs = CPU_PROCESSES(cores)
+    return TrainConfig(allocator=default_allocator(), channels_last=CHANNELS_LAST_CPU, bf16=native_bf16(),
+                       threads=max(1, cores // procs), processes=procs)

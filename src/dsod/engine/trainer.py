@@ -22,16 +22,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from ..inference.postprocess.detection_output import PostProcessor
-from ..model import DSOD, build_model
+from ..data import DetectionDataset, eval_loader, train_transform
+from ..families import build
+from ..model import DSOD
 from ..model.checkpoint import load_checkpoint, save_checkpoint
-from ..model.loss import MultiBoxLoss
 from ..model.norms import convert_sync_batchnorm
 from ..runtime import distributed as dist_utils
 from ..runtime.device import select_device
 from ..runtime.numerics import decide_numerics
 from . import setup
-from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
+from .budget import Budget, parse_duration
 from .ema import ModelEMA
 from .evaluate import (
     autocast_context,
@@ -39,9 +39,10 @@ from .evaluate import (
     fitness,
     keep_better_bn,
     metric_columns,
+    patience_reason,
     run_evaluation,
 )
-from .loaders import side_batches, side_seed, train_loader, val_loader
+from .loaders import side_batches, side_seed, train_loader
 from .optim import build_schedule, default_lr, default_warmup, lr_lambda
 from .precise_bn import has_batchnorm, load_bn_buffers, recompute_bn_stats
 from .recipe import SHORT
@@ -66,8 +67,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from ..data import DetectionDataset
-
+        """Resume state, arguments, data and the model on its device, then the rest in order."""
         self.resume_ckpt = load_checkpoint(self.args.resume) if self.args.resume else None
         a = self.args = setup.resolve_args(self.args, self.resume_ckpt)
         self.budget_seconds = parse_duration(a.time) if a.iterations is None else None
@@ -79,32 +79,31 @@ class Trainer:
             a = self.args = dataclasses.replace(a, val_images=data.val_images)
             self.notes.append(data.spec.derived_val_note)
 
-        # model
         cfg, init_state, self.anchor_fit = setup.model_config(a, self.info, train_records, self.resume_ckpt,
                                                               self.notes)
         self.cfg = cfg
-        model = build_model(cfg)
+        model, self.criterion, self.postprocessor = build(cfg)
         if init_state is not None:
             setup.load_initial_weights(model, init_state, self.info.names, log=self.main)
         if a.norm == "syncbn" and self.world > 1:
             model = convert_sync_batchnorm(model)
         self.numerics = decide_numerics(self.device, a.amp, a.bf16, a.channels_last)
         self.use_amp, self.use_bf16 = self.numerics.amp, self.numerics.bf16
-        self.memory_format = torch.channels_last if self.numerics.channels_last else torch.contiguous_format
-        self.model: DSOD = model.to(self.device, memory_format=self.memory_format)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world > 1 else None
-        self.criterion = MultiBoxLoss(variances=cfg.anchors.variances)
-        self.postprocessor = PostProcessor(variances=cfg.anchors.variances)
+        self.model, self.ddp, self.memory_format = setup.place_model(model, self.device, self.numerics, self.world)
+        self._setup_data(train_records)
+        self._setup_length()
+        self._setup_optimizer_and_state()
 
-        # data (the augmentation is set once the recipe is known)
+    def _setup_data(self, train_records) -> None:
+        """The training stream and the validation loader (the augmentation is set once the recipe is known)."""
+        a, cfg = self.args, self.cfg
         # keys are (index, sample seed): DetectionDataset seeds the augmentation with the seed
         self.train_set = DetectionDataset(train_records, None, train=True)
         self._set_augment(a.augment or SHORT.augment)
         self.train_loader = train_loader(self.train_set, a.batch, seed=a.seed, rank=self.rank, world=self.world,
                                          workers=a.workers, pin_memory=self.device.type == "cuda")
         self.sampler = self.train_loader.batch_sampler
-        self.val_loader = (val_loader(self.val_records, cfg.image_size, a.batch, a.workers)
+        self.val_loader = (eval_loader(self.val_records, cfg.image_size, a.batch, a.workers)
                            if a.val and self.val_records and self.main else None)
         per_epoch = self.sampler.batches_per_epoch() // a.accumulate
         if per_epoch < 1:
@@ -116,12 +115,14 @@ class Trainer:
 
         self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
 
-        # length, then the recipe that suits it
+    def _setup_length(self) -> None:
+        """The run's length (iterations, epochs or a time budget), then the recipe that suits it."""
+        a, per_epoch = self.args, self.iters_per_epoch
         self.budget: Optional[Budget] = None
         if self.resume_ckpt is not None:
             self.total_iters = int(self.resume_ckpt.get("total_iters") or a.iterations or a.epochs * per_epoch)
         elif self.budget_seconds is not None:
-            self.budget = self._plan_budget(self.budget_seconds)
+            self.budget = setup.plan_budget(self, self.budget_seconds)
             self.total_iters = self.budget.total_iters
         else:
             self.total_iters = a.iterations or a.epochs * per_epoch
@@ -135,7 +136,9 @@ class Trainer:
             setup.set_bn_decay(self.model, a.bn_decay)
         self.ema = ModelEMA.for_run(self.model, self.total_iters) if a.ema else None
 
-        # optimizer and schedule
+    def _setup_optimizer_and_state(self) -> None:
+        """Optimizer, schedule, evaluation cadence, the state a resume restores, the run folder."""
+        a = self.args
         self.lr = a.lr if a.lr is not None else default_lr(self.effective_batch)
         self.warmup = a.warmup if a.warmup is not None else default_warmup(self.total_iters)
         try:
@@ -165,29 +168,7 @@ class Trainer:
                     print(line, flush=True)
 
     def _set_augment(self, mode: str) -> None:
-        from ..data import train_transform
         self.train_set.transform = train_transform(self.cfg.image_size, mode=mode, flipud=self.args.flipud)
-
-    def _plan_budget(self, seconds: float) -> Budget:
-        """Time a few steps, estimate an evaluation from them, and plan the run (rank 0 decides)."""
-        a = self.args
-        batches = self._extra_batches(5, targets=True, stream=7)
-        net = self.ddp or self.model
-        step_s = probe_step_seconds(net, self.model, batches, self._loss_on, 4) * a.accumulate
-        n_val = len(self.val_records) if (a.val and self.val_records) else 0
-        eval_s = estimate_eval_seconds(step_s, a.batch * a.accumulate, n_val, self.precise_images, self.world)
-        step_s, eval_s = dist_utils.from_main([step_s, eval_s], self.device)
-        budget = Budget(seconds=seconds, step_seconds=step_s, eval_seconds=eval_s)
-        budget.plan(0, time.time() - self.t_start)
-        # every rank runs rank 0's plan (as in _replan): each process's own clock can give another
-        # length, hence other evaluation iterations (a deadlock in precise BN, seen on coco128) and
-        # another lr schedule per rank
-        total, interval = dist_utils.from_main([budget.total_iters, budget.val_interval], self.device)
-        budget.total_iters, budget.val_interval = int(total), int(interval)
-        if a.val_interval:
-            budget.val_interval = a.val_interval
-        self.notes.append(budget.describe() + f"; per process {a.batch} images per step")
-        return budget
 
     def _loss_on(self, net, images, targets) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         return detection_loss(net, self.model, self.criterion, images, targets, self.device, self.memory_format,
@@ -341,16 +322,13 @@ class Trainer:
                 "stop_reason": self.stop_reason}
 
     def _out_of_patience(self) -> bool:
-        a = self.args
-        if not a.patience or self.iteration >= self.total_iters:
+        if not self.args.patience or self.iteration >= self.total_iters:
             return False
-        evals_since = sum(1 for r in self.history if r["iteration"] > self.best_iteration)
-        stop = dist_utils.from_main([1.0 if evals_since >= a.patience else 0.0], self.device)[0] > 0
+        reason = patience_reason(self.history, self.best_iteration, self.args.patience, self.iteration)
+        stop = dist_utils.from_main([1.0 if reason else 0.0], self.device)[0] > 0
         if stop:
-            self.stop_reason = (f"early stop at iteration {self.iteration}: {evals_since} evaluations without "
-                                f"improvement (patience={a.patience}); best.pt is iteration {self.best_iteration}")
-            # the run ends here: last.pt gets the BN statistics of its weights like a finished run's
-            self.save_last(precise=True)
+            self.stop_reason = reason
+            self.save_last(precise=True)  # the run ends here: last.pt gets its weights' BN statistics
         return stop
 
     def _step(self, net, stream) -> Optional[Dict[str, float]]:

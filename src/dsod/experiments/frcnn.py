@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..data import DetectionDataset, build_dataloader, eval_transform, train_transform
+from ..data import DetectionDataset, eval_loader, train_transform
 from ..engine.ema import ModelEMA
 from ..engine.loaders import side_batches, side_seed, train_loader
 from ..engine.optim import build_optimizer, lr_lambda
@@ -30,6 +30,7 @@ from ..engine.precise_bn import load_bn_buffers, recompute_bn_stats
 from ..engine.step import train_step
 from ..engine.train_args import precise_bn_images
 from ..metrics import Evaluator
+from ..metrics.loop import evaluate
 from ..model import build_backbone
 
 
@@ -71,19 +72,26 @@ def torchvision_targets(targets: List[Dict[str, Any]], size: int) -> List[Dict[s
     return [{"boxes": t["boxes"] * size, "labels": t["labels"] + 1} for t in targets]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, evaluator: Evaluator, size: int) -> Dict[str, Any]:
-    model.eval()
-    for images, targets in loader:
-        outs = model(list(images))
+def frcnn_detector(model: nn.Module, size: int):
+    """torchvision's Faster R-CNN as the detector ``dsod.metrics.loop.evaluate`` takes: boxes from its
+    ``size`` x ``size`` input to original pixels, labels back to 0-based."""
+    @torch.no_grad()
+    def detect(images, sizes):
         dets = []
-        for o, t in zip(outs, targets):
-            h, w = (int(v) for v in t["orig_size"])
+        for o, (h, w) in zip(model(list(images)), sizes):
             scale = torch.tensor([w / size, h / size, w / size, h / size])
             dets.append({"boxes": o["boxes"] * scale, "scores": o["scores"], "labels": o["labels"] - 1})
-        evaluator.update([t["image_id"] for t in targets], dets)
-    model.train()
-    return evaluator.compute()
+        return dets
+    return detect
+
+
+def evaluate_frcnn(model: nn.Module, loader, evaluator: Evaluator, size: int) -> Dict[str, Any]:
+    """The one evaluation loop (``dsod.metrics.loop``) over the Faster R-CNN arm."""
+    model.eval()
+    try:
+        return evaluate(frcnn_detector(model, size), loader, evaluator, progress=False)
+    finally:
+        model.train()
 
 
 def _loss_fn(model: nn.Module, size: int):
@@ -116,7 +124,7 @@ def train_faster_rcnn(spec, cfg: ModelConfig, *, iterations: int, batch: int, lr
     model = build_faster_rcnn(cfg.replace(bn_decay=bn_decay), len(info.names) + 1)
     train_set = DetectionDataset(spec.records("train"), train_transform(size, mode=augment, flipud=flipud))
     val_records = spec.records("val")
-    val_loader = build_dataloader(DetectionDataset(val_records, eval_transform(size), train=False), batch)
+    val_loader = eval_loader(val_records, size, batch)
     batches = _stream(train_loader(train_set, batch, seed=seed))
     opt = build_optimizer(model, "adamw", lr, 0.9, weight_decay, no_decay_norm=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(iterations, warmup, "cosine", ()))
@@ -144,7 +152,7 @@ def train_faster_rcnn(spec, cfg: ModelConfig, *, iterations: int, batch: int, lr
                 n = max(1, math.ceil(precise_images / batch))
                 saved = recompute_bn_stats(body, side_batches(train_set, batch, n, seed=side_seed(seed, it)),
                                            torch.device("cpu"))
-            metrics = evaluate(evaluated, val_loader, Evaluator(info, val_records), size)
+            metrics = evaluate_frcnn(evaluated, val_loader, Evaluator(info, val_records), size)
             if saved is not None:
                 load_bn_buffers(body, saved)
             model.train()

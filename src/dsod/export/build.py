@@ -66,17 +66,15 @@ def write_fp32(model: nn.Module, out: Path, imgsz: int, batch: np.ndarray, *, gr
 
 def voc07_map(runner, spec, records: Sequence, batch: int = 8) -> float:
     """VOC07 11-point mAP@0.5 of a runner on ``records`` (score 0.01, NMS 0.45, as ``dsod val``)."""
-    from torch.utils.data import DataLoader
-
-    from ..data import DetectionDataset, collate, eval_transform
+    from ..data import eval_loader
     from ..inference.postprocess.detection_output import PostProcessor
-    from ..inference.runners import evaluate
+    from ..inference.runners import detector
     from ..metrics import Evaluator
+    from ..metrics.loop import evaluate
 
-    size = int(runner.metadata["image_size"])
-    loader = DataLoader(DetectionDataset(list(records), eval_transform(size), train=False), batch_size=batch,
-                        collate_fn=collate)
-    res = evaluate(runner, loader, Evaluator(spec.info, list(records), coco=False), PostProcessor(), progress=False)
+    loader = eval_loader(records, int(runner.metadata["image_size"]), batch)
+    res = evaluate(detector(runner, PostProcessor()), loader, Evaluator(spec.info, list(records), coco=False),
+                   progress=False)
     return float(res["voc07_map50"])
 
 

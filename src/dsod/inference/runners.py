@@ -12,12 +12,12 @@ check of ``dsod export`` all go through a runner, so each measures or serves the
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .postprocess.detection_output import PostProcessor, decode_outputs
 
@@ -27,8 +27,10 @@ Decoded = Tuple[torch.Tensor, torch.Tensor]
 class TorchRunner:
     """A DSOD model in PyTorch (``fused``: the inference-only fused copy, CPU)."""
 
-    def __init__(self, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", fused: bool = False):
+    def __init__(self, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", fused: bool = False,
+                 autocast: Optional[Callable[[], Any]] = None):
         self.device = torch.device(device)
+        self.autocast = autocast or contextlib.nullcontext  # training's validation: its bf16/fp16 autocast
         self.name = "fused" if fused else "torch"
         model = model.eval()
         self.variances = tuple(model.config.anchors.variances)
@@ -41,7 +43,8 @@ class TorchRunner:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> Decoded:
-        out = self.net(x.to(self.device, non_blocking=True))
+        with self.autocast():
+            out = self.net(x.to(self.device, non_blocking=True))
         boxes, scores = decode_outputs(out.bbox_regression, out.cls_logits, self.anchors, self.variances)
         return boxes.cpu(), scores.cpu()
 
@@ -51,7 +54,7 @@ class OrtRunner:
     ``metadata`` is the file's (names, image_size, int8 figures)."""
 
     def __init__(self, path: Union[str, Path], threads: Optional[int] = None, engine: str = "onnxruntime"):
-        from .sessions import OrtSession, OpenVinoSession
+        from .sessions import OpenVinoSession, OrtSession
 
         if engine not in ("onnxruntime", "openvino"):
             raise ValueError(f"engine={engine}: valid: onnxruntime, openvino")
@@ -64,11 +67,9 @@ class OrtRunner:
         return torch.from_numpy(boxes), torch.from_numpy(scores)
 
 
-def evaluate(runner, loader, evaluator, postprocessor: PostProcessor, progress: bool = True,
-             desc: str = "val") -> Dict[str, Any]:
-    """``evaluator.compute()`` for ``runner`` over an evaluation loader (``DetectionDataset`` with
-    ``eval_transform``): detections in original image pixels, as ``dsod predict`` reports them."""
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        evaluator.update([t["image_id"] for t in targets], postprocessor.select(*runner(images), sizes))
-    return evaluator.compute()
+def detector(runner, postprocessor: PostProcessor):
+    """``runner`` + ``postprocessor`` as the detector ``dsod.metrics.loop.evaluate`` takes:
+    (preprocessed batch, original sizes) -> detections in original pixels."""
+    def detect(images: torch.Tensor, sizes) -> List[Dict[str, torch.Tensor]]:
+        return postprocessor.select(*runner(images), sizes)
+    return detect

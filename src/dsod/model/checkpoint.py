@@ -41,7 +41,7 @@ def config_from_dict(d: Dict[str, Any]) -> ModelConfig:
 
 
 def versions() -> Dict[str, str]:
-    from .. import __version__
+    from ..version import __version__
     return {"dsod": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version()}
 

@@ -70,7 +70,7 @@ def configure_training_process(argv: List[str], keys: Dict[str, object], allow_d
     ensure_allocator(argv)
     import torch
 
-    procs = cpu_processes_for(keys, default_train_config().processes) if allow_ddp else 1
+    procs = cpu_processes_for(keys, CPU_PROCESSES(os.cpu_count() or 1)) if allow_ddp else 1
     if procs > 1:
         return spawn_cpu_workers(argv, keys, procs)
     if "WORLD_SIZE" in os.environ:  # a worker (ours or torchrun's): the launcher said it all
@@ -153,18 +153,6 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     # in teardown (seen under load: gloo's thread writing to a closed stdout, exit 250); the run was
     # interrupted either way.
     return 130 if interrupted else children[0].returncode
-
-
-def default_train_config(cores: Optional[int] = None):
-    """The configuration ``dsod train`` picks on this CPU (what ``dsod bench`` calls "new default")."""
-    from ..engine.train_probe import TrainConfig
-    from .hardware import native_bf16
-    from .numerics import CHANNELS_LAST_CPU
-
-    cores = cores or os.cpu_count() or 1
-    procs = CPU_PROCESSES(cores)
-    return TrainConfig(allocator=default_allocator(), channels_last=CHANNELS_LAST_CPU, bf16=native_bf16(),
-                       threads=max(1, cores // procs), processes=procs)
 
 
 def CPU_PROCESSES(cores: int) -> int:  # noqa: N802 - a measured rule, see the module docstring
