@@ -3,12 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import shared_data_root
 
 # Keep the suite predictable on the 2-core CI machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DSOD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = shared_data_root()
 
 
 @pytest.fixture(scope="session")

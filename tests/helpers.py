@@ -10,11 +10,16 @@ layer) moves the whole tensor by much more than ``tol``.
 from __future__ import annotations
 
 import contextlib
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dsod.config import PIXEL_MEAN_BGR
 from dsod.runtime.distributed import free_port  # noqa: F401 (the tests' DDP runs use the project's)
 
 
@@ -129,3 +134,49 @@ def confident_dsod_nano(num_classes: int):
         bias[:, 0], bias[:, 2] = 1.0, 2.0
         bn.bias.data.copy_(bias.flatten())
     return model.eval()
+
+
+BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+def read_bccd_independently(root, image_id, size):
+    """A BCCD image as network input and its boxes, read with PIL and ElementTree only (no dsod.data)."""
+    img = Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("RGB")
+    w, h = img.size
+    arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32)[:, :, ::-1]  # BGR
+    x = torch.from_numpy(arr - np.array(PIXEL_MEAN_BGR, dtype=np.float32)).permute(2, 0, 1)
+    boxes, labels = [], []
+    for obj in ET.parse(root / "Annotations" / f"{image_id}.xml").findall("object"):
+        bb = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if x2 > x1 and y2 > y1:
+            boxes.append([x1 / w, y1 / h, x2 / w, y2 / h])
+            labels.append(BCCD_CLASSES.index(obj.find("name").text))
+    return x, {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels)}
+
+
+def shared_data_root() -> Path:
+    """``../shared/data`` beside the checkout, or ``DSOD_SHARED_DATA`` (as conftest's ``shared_data``)."""
+    return Path(os.environ.get("DSOD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def bccd_recall_at(model, postprocessor, stems, conf: float) -> float:
+    """Mean per-image recall at IoU 0.5 (right class) of ``model``'s detections above ``conf`` on the
+    BCCD images ``stems``, read by ``read_bccd_independently``."""
+    import torch
+
+    from dsod.geometry.boxes import box_iou
+
+    root = shared_data_root() / "bccd"
+    samples = [read_bccd_independently(root, s, model.config.image_size) for s in stems]
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.stack([x for x, _ in samples]))
+    dets = postprocessor(out.bbox_regression, out.cls_logits, model.anchors_cxcywh)
+    recalls = []
+    for det, (_, tgt) in zip(dets, samples):
+        keep = det["scores"] > conf
+        iou = box_iou(tgt["boxes"], det["boxes"][keep])
+        same = tgt["labels"][:, None] == det["labels"][keep][None, :]
+        recalls.append(((iou >= 0.5) & same).any(dim=1).float().mean().item())
+    return float(sum(recalls) / len(recalls))

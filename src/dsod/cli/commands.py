@@ -133,15 +133,10 @@ def cmd_predict(args: Dict[str, object]) -> int:
 
 
 def cmd_data(args: Dict[str, object]) -> int:
-    import dataclasses
-
     from ..config import get_config
     from ..data import DatasetError, load_dataset
     from ..data.check import DefaultBoxSet, check, format_report, normalised_boxes
-    from ..geometry.anchors import default_boxes
-    from ..geometry.boxes import cxcywh_to_xyxy
-    from ..model.anchor_fit import fit_anchors
-    from ..model.factory import feature_sizes
+    from ..model.anchor_fit import default_box_sets
 
     if args["action"] != "check":
         raise CLIError(f"unknown data action '{args['action']}'; valid: check")
@@ -149,40 +144,23 @@ def cmd_data(args: Dict[str, object]) -> int:
         raise CLIError("data= is required")
     run_dir = make_run_dir(args)
     cfg = get_config(str(args["model"]))
-
-    def box_set(c, label: str, note: str = "") -> DefaultBoxSet:
-        xyxy = cxcywh_to_xyxy(default_boxes(c.anchors, c.image_size, feature_sizes(c)))
-        return DefaultBoxSet(label, c.image_size, xyxy, note)
-
-    try:
-        # the data layer does not import the model: the default boxes are made here and passed in
-        spec = load_dataset(str(args["data"]), strict=bool(args["strict"]))
-        sets = [box_set(cfg, f"{cfg.name} preset")]
-        split = "train" if "train" in spec.splits else spec.splits[0]
-        if args["anchors"] == "auto":  # as training does: fitted to the training boxes
-            try:
-                fit = fit_anchors(cfg, normalised_boxes(spec.records(split)))
-            except DatasetError:
-                if args["strict"]:
-                    raise
-                fit = None  # the split is unreadable: check() reports why
-            if fit is not None and fit.changed:
-                a = fit.anchors
-                sizes = (f"fitted min/max sizes (% of input): {', '.join(map(str, a.min_sizes))} / "
-                         f"{', '.join(map(str, a.max_sizes))}"
-                         + (f"; aspect ratios {list(map(list, a.aspect_ratios))}" if a.aspect_ratios else ""))
-                sets.append(box_set(cfg.replace(anchors=a), f"{cfg.name} fitted to {split}",
-                                    f"{fit.describe()}\n  {sizes}"))
-            elif fit is not None:
-                sets[0] = dataclasses.replace(sets[0], note=fit.describe())
-        result = check(spec, default_boxes=sets, out_dir=run_dir, samples=int(args["samples"]),
-                       strict=bool(args["strict"]))
-    except DatasetError as e:
-        raise CLIError(str(e)) from None
+    # the data layer does not import the model: the default boxes are made by the model and passed in
+    spec = load_dataset(str(args["data"]), strict=bool(args["strict"]))
+    split = "train" if "train" in spec.splits else spec.splits[0]
+    boxes = None
+    if args["anchors"] == "auto":  # as training does: fitted to the training boxes
+        try:
+            boxes = normalised_boxes(spec.records(split))
+        except DatasetError:
+            if args["strict"]:
+                raise
+            # the split is unreadable: check() reports why
+    sets = [DefaultBoxSet(*s) for s in default_box_sets(cfg, boxes, split)]
+    result = check(spec, default_boxes=sets, out_dir=run_dir, samples=int(args["samples"]),
+                   strict=bool(args["strict"]))
     print(format_report(result))
     print(f"plots in {run_dir}")
     return 0
-
 
 
 def cmd_demo(args: Dict[str, object]) -> int:

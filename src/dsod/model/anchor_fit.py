@@ -341,3 +341,23 @@ def _search(params: List[List[float]], start: List[List[float]], g: _Geometry, r
         if not moved:
             break
     return params, cur[0] / max(len(g.wh), 1)
+
+
+def default_box_sets(cfg: ModelConfig, boxes=None, split: str = "train") -> List[tuple]:
+    """What ``dsod data check`` compares: (label, input size, default boxes (A, 4) xyxy normalised,
+    note) for the preset's boxes and, given the training ``boxes`` (normalised xyxy), for the boxes
+    fitted to them as training fits them (``fit_anchors``); one entry when the fit keeps the preset's."""
+    def entry(c: ModelConfig, label: str, note: str = "") -> tuple:
+        return (label, c.image_size, cxcywh_to_xyxy(default_boxes(c.anchors, c.image_size, feature_sizes(c))), note)
+
+    sets = [entry(cfg, f"{cfg.name} preset")]
+    if boxes is None:
+        return sets
+    fit = fit_anchors(cfg, boxes)
+    if not fit.changed:
+        return [sets[0][:3] + (fit.describe(),)]
+    a = fit.anchors
+    sizes = (f"fitted min/max sizes (% of input): {', '.join(map(str, a.min_sizes))} / "
+             f"{', '.join(map(str, a.max_sizes))}"
+             + (f"; aspect ratios {list(map(list, a.aspect_ratios))}" if a.aspect_ratios else ""))
+    return sets + [entry(cfg.replace(anchors=a), f"{cfg.name} fitted to {split}", f"{fit.describe()}\n  {sizes}")]
