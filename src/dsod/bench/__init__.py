@@ -176,7 +176,7 @@ def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None)
     (which may export it, once); for a preset, its rules without a measured int8 accuracy, with this
     run's timings (``measured``: backend -> result) standing in for its int8 speed check."""
     from ..export import has_int8_dot
-    from ..inference.backends import INT8_MIN_SPEEDUP, choose_backend, onnxruntime_available
+    from ..inference.backends import choose_backend, fastest, onnxruntime_available
 
     if str(spec).endswith(".pt") and Path(spec).is_file():
         c = choose_backend(spec, "auto", "cpu", log=lambda m: print(m))
@@ -190,12 +190,11 @@ def recommended(spec: str, measured: Optional[Dict[str, Dict[str, Any]]] = None)
     timed = [k for k in ("onnxruntime", "openvino") if k in m]
     if not timed:
         return {"backend": "onnxruntime", "reason": "no int8 dot products (VNNI/AMX) on this CPU; speeds not measured"}
-    fp32 = min(timed, key=lambda k: m[k]["latency_ms_b1"])
-    if "onnxruntime-int8" in m:
-        ratio = m[fp32]["latency_ms_b1"] / m["onnxruntime-int8"]["latency_ms_b1"]
-        if ratio >= INT8_MIN_SPEEDUP:
-            return {"backend": "onnxruntime-int8", "reason": f"no int8 dot products, but int8 measured {ratio:.2f}x "
-                    f"{fp32} fp32 here (7-bit weights); for a checkpoint only if its mAP change is within 0.5 points"}
+    served, fp32, ratio = fastest({k: m[k]["latency_ms_b1"] for k in (*timed, "onnxruntime-int8") if k in m})
+    if served == "onnxruntime-int8":
+        return {"backend": served, "reason": f"no int8 dot products, but int8 measured {ratio:.2f}x "
+                f"{fp32} fp32 here (7-bit weights); for a checkpoint only if its mAP change is within 0.5 points"}
+    if ratio is not None:
         return {"backend": fp32, "reason": f"no int8 dot products; int8 only {ratio:.2f}x {fp32} fp32 here"}
     return {"backend": fp32, "reason": "no int8 dot products; the fastest fp32 engine measured here"}
 

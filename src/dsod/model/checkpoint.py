@@ -76,7 +76,11 @@ def load_checkpoint(path: Path | str, map_location: Optional[str | torch.device]
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{path}: not a loadable dsod checkpoint ({type(e).__name__}: {e})") from None
+        if "Weights only load failed" in str(e):  # torch's paragraph suggests weights_only=False: never
+            why = "it holds Python objects beyond tensors and plain data, which are never executed here"
+        else:
+            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise CheckpointError(f"{path}: not a loadable dsod checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a dsod checkpoint (no model/model_config entries)")
     return ckpt
