@@ -43,7 +43,7 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     """torchvision's Faster R-CNN around the cpu-dsod backbone: its training losses fall on 4 real
     BCCD images, and evaluation maps its boxes back to original pixels for the evaluator."""
     from dsod.data import DetectionDataset, build_dataloader, eval_transform, load_dataset
-    from dsod.experiments.frcnn import build_faster_rcnn, evaluate, torchvision_targets
+    from dsod.experiments.frcnn import build_faster_rcnn, evaluate_frcnn, torchvision_targets
     from dsod.metrics import Evaluator
 
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def test_faster_rcnn_on_our_backbone_learns(shared_data):
     assert losses[-1] < 0.7 * losses[0], losses
     ev = Evaluator(spec.info, recs)
     loader = build_dataloader(DetectionDataset(recs, eval_transform(160), train=False), 4)
-    m = evaluate(model, loader, ev, 160)
+    m = evaluate_frcnn(model, loader, ev, 160)
     _, dets = ev.detections()
     boxes = np.concatenate([d["boxes"] for d in dets])
     labels = np.concatenate([d["labels"] for d in dets])
