@@ -14,7 +14,7 @@ warm-up batch: worker start-up, first decodes), so that the load of a shared mac
 pipelines alike; the median round is reported.
 A per-stage breakdown (one process, mean ms per sample) follows each pipeline, so a slow pipeline can
 be traced to its stage; ``decoded MP`` is the mean size of the decoded image. The summary compares
-samples/s with ``--train-rate`` (the model's training images/s: issue 12 asks for >= 3x).
+samples/s with ``--train-rate`` (the model's training images/s: the loader should deliver >= 3x).
 One torch thread per process, as in DataLoader workers.
 """
 from __future__ import annotations

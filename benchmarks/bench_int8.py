@@ -136,7 +136,7 @@ def main() -> int:
     x1 = torch.from_numpy(calib[:1].copy())
     # post-processing on this trained model's decoded outputs (a real image), at dsod val's score
     # threshold (0.01) and dsod predict's (0.25), on the outputs of the int8 network that backend=auto
-    # serves: issue 14 wants it <= 10% of the fastest batch-1 latency
+    # serves: it should stay <= 10% of the fastest batch-1 latency
     b1, s1 = (torch.from_numpy(v) for v in ort8.session.predict(x1.numpy()))
     post_pred = PostProcessor(score_thresh=0.25)
     runners = {"eager_fp32": lambda: model(x1), "fused_fp32": lambda: fused(x1),

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,19 +26,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def reference(pp, boxes, scores, h, w):
-    """Caffe's DetectionOutput per class over every anchor (what ``postprocess.py`` did before the prefix)."""
-    from torchvision.ops import nms
-    found = []
-    s_all = scores.numpy()
-    for c in range(s_all.shape[1]):
-        idx = np.flatnonzero(s_all[:, c] > pp.score_thresh)
-        idx = idx[np.argsort(-s_all[idx, c], kind="stable")][: pp.topk_candidates]
-        if idx.size:
-            order = torch.arange(idx.size, 0, -1, dtype=torch.float32)  # Caffe's order, no ties
-            keep = nms(boxes[torch.from_numpy(idx)], order, pp.nms_thresh).numpy()
-            found += [(s_all[i, c], c, i) for i in idx[keep]]
-    found.sort(key=lambda t: -t[0])  # stable: equal scores by class, then rank
-    found = found[: pp.detections_per_img]
+    """Caffe's DetectionOutput per class over every anchor (``dsod.inference.postprocess.reference``,
+    torchvision's NMS inside), scaled to the image as ``PostProcessor.single`` does."""
+    from dsod.inference.postprocess.reference import caffe_detection_output
+
+    found = caffe_detection_output(boxes.numpy(), scores.numpy(), pp.score_thresh, pp.nms_thresh,
+                                   pp.topk_candidates, pp.detections_per_img, nms="torchvision")
     scale = torch.tensor([w, h, w, h])
     b = boxes[[f[2] for f in found]] if found else boxes[:0]
     return {"boxes": torch.minimum((b * scale).clamp(min=0), scale),

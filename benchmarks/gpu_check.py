@@ -1,4 +1,4 @@
-"""One command that checks dsod on a machine with one CUDA GPU (issue 12 item 7), in a few minutes.
+"""One command that checks dsod on a machine with one CUDA GPU in a few minutes.
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py [data=FOLDER] [json=gpu_check.json]
         [parts=tests,train,speed,ddp] [iterations=200] [batch=16] [workers=8] [keep=false]

@@ -5,7 +5,7 @@ itself), first call and the call straight after; and one tiny ONNX Runtime NMS c
 
     python benchmarks/postprocess_cold.py FILE.onnx [images=DIR] [runs=40] [kernel=numba|onnxruntime|torchvision]
 
-docs/PERFORMANCE.md "Post-processing, 2026-12-06" quotes it (AMD EPYC Zen 4, one thread).
+docs/PERFORMANCE.md "Post-processing" quotes it (AMD EPYC Zen 4, one thread).
 """
 from __future__ import annotations
 

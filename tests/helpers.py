@@ -180,3 +180,59 @@ def bccd_recall_at(model, postprocessor, stems, conf: float) -> float:
         same = tgt["labels"][:, None] == det["labels"][keep][None, :]
         recalls.append(((iou >= 0.5) & same).any(dim=1).float().mean().item())
     return float(sum(recalls) / len(recalls))
+
+
+def devkit_reference(gts, dets, cls, plus_one):
+    """Literal port of VOCevaldet.m + VOCap.m (2007: 11-point; 2010+: area) for one class.
+    gts: {image: (boxes, labels, difficult)}; dets: [(image, box, score, label)] in tie order."""
+    e = 1.0 if plus_one else 0.0
+    gt = {}
+    npos = 0
+    for img, (b, lab, dif) in gts.items():
+        m = lab == cls
+        gt[img] = (b[m].astype(np.float64), dif[m], np.zeros(int(m.sum()), bool))
+        npos += int((~dif[m]).sum())
+    d = [x for x in dets if x[3] == cls]
+    order = sorted(range(len(d)), key=lambda i: -d[i][2])  # stable, like MATLAB sort
+    tp = np.zeros(len(d))
+    fp = np.zeros(len(d))
+    for k, i in enumerate(order):
+        img, bb, _, _ = d[i]
+        boxes, dif, used = gt.get(img, (np.zeros((0, 4)), np.zeros(0, bool), np.zeros(0, bool)))
+        ovmax, jmax = -np.inf, -1
+        for j in range(len(boxes)):
+            bbgt = boxes[j]
+            bi = [max(bb[0], bbgt[0]), max(bb[1], bbgt[1]), min(bb[2], bbgt[2]), min(bb[3], bbgt[3])]
+            iw = bi[2] - bi[0] + e
+            ih = bi[3] - bi[1] + e
+            if iw > 0 and ih > 0:
+                ua = (bb[2] - bb[0] + e) * (bb[3] - bb[1] + e) + (bbgt[2] - bbgt[0] + e) * (bbgt[3] - bbgt[1] + e) - iw * ih
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        if ovmax >= 0.5:
+            if not dif[jmax]:
+                if not used[jmax]:
+                    tp[k] = 1
+                    used[jmax] = True
+                else:
+                    fp[k] = 1
+        else:
+            fp[k] = 1
+    if npos == 0:
+        return float("nan"), float("nan")
+    fp, tp = np.cumsum(fp), np.cumsum(tp)
+    rec_ = tp / npos
+    with np.errstate(invalid="ignore"):
+        prec = tp / (fp + tp)  # NaN for leading ignored detections; MATLAB's max skips NaN
+    ap07 = 0.0
+    for t in np.arange(11) / 10:
+        p = prec[rec_ >= t]
+        p = p[~np.isnan(p)]
+        ap07 += (p.max() if len(p) else 0.0) / 11
+    mrec = np.concatenate(([0], rec_, [1]))
+    mpre = np.concatenate(([0], prec, [0]))
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = np.fmax(mpre[i], mpre[i + 1])
+    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return ap07, float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))

@@ -41,7 +41,7 @@ def fits(boxes):
 
 
 def test_chess_dsod300_reaches_the_target(fits):
-    # issue 13: with dsod300's boxes 15% of chess_rf100's training boxes (35% of black pawns) have
+    # with dsod300's boxes 15% of chess_rf100's training boxes (35% of black pawns) have
     # no default box at IoU >= 0.5
     fit = fits["chess", "dsod300"]
     assert fit.before == pytest.approx(0.85, abs=0.01)

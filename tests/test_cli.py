@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dsod import PRESETS, build_model
 from dsod.cli import main
@@ -22,7 +23,7 @@ def _field(out: str, key: str) -> str:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_info_every_preset_by_name(name, capsys):
-    """Every preset, summarised as itself: its own name and input size, and the trainable parameter
+    """Every preset, summarised as itself (and run once): its own name and input size, and the trainable parameter
     count of the model it names (counted here on a model built apart from the command). Measured on
     the 2-core machine under a background job: 2.5 min for all 22 (dsod512 13 s, the 300 px presets
     8-11 s, the CPU-scale ones 2-6 s), mostly building the model and the MAC count's forward."""
@@ -36,6 +37,10 @@ def test_info_every_preset_by_name(name, capsys):
     assert _field(out, "trainable params") == f"{trainable:,}"
     if name == "dsod300-smallest":
         assert trainable == 5_833_372  # the paper's smallest DSOD300 (with 21 classes)
+    if name not in ("dsod300", "dsod512"):  # and it runs: one score row per default box, finite
+        with torch.no_grad():
+            scores = model.eval()(torch.randn(1, 3, size, size)).cls_logits
+        assert scores.shape[1] == model.anchors_cxcywh.shape[0] and torch.isfinite(scores).all()
 
 
 def test_bad_values_give_one_line_errors(capsys):

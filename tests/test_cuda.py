@@ -1,4 +1,4 @@
-"""CUDA parity checks (issue 12 item 7): the model with AMP and channels_last on the GPU against fp32
+"""CUDA parity checks: the model with AMP and channels_last on the GPU against fp32
 on the CPU, the matcher and the loss on the GPU (identical targets, no host synchronisation), and the
 post-processing. Every test skips without CUDA: the suite never needs a GPU; `benchmarks/gpu_check.py`
 runs these with `pytest -m cuda` on a machine that has one."""

@@ -1,5 +1,4 @@
-"""Dataset layouts read as they are (issue 13 item 7) and the data package's module structure (issue 15
-item 1). Every dataset here is a handful of real images and annotations copied from ../shared/data
+"""Dataset layouts read as they are and the data package's module structure. Every dataset here is a handful of real images and annotations copied from ../shared/data
 into tmp_path, laid out the way users' exports are: images/ + annotations/ (VOC XML), images/ +
 labels/ (YOLO), split folders without a data.yaml, split lists as .csv or .txt, a relative VOC root."""
 import ast

@@ -1,4 +1,4 @@
-"""Fast data loading (issue 12, item 4): reduced-size JPEG decoding (``load_image(min_size=...)``) and
+"""Fast data loading: reduced-size JPEG decoding (``load_image(min_size=...)``) and
 ``augment.SSDAugment`` checked against the step-by-step reference (``reference_train_transform``,
 Caffe's order on full-size pixels), on real BCCD (640x480) and chess_rf100 (2048x1371) photos."""
 import numpy as np

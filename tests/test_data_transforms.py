@@ -220,7 +220,7 @@ def test_record_whose_file_changed_size_is_rescaled(tmp_path):
     assert torch.allclose(t["boxes"], torch.tensor([[0.1, 0.2, 0.5, 0.8]]))
 
 
-# ------------------------------------------------------------------- augmentation modes (issue 7)
+# ------------------------------------------------------------------- augmentation modes
 def test_augment_mode_names_and_bools():
     from dsod.data import augment_mode
     assert augment_mode(True) == "ssd" and augment_mode(False) == "none"

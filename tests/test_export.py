@@ -123,13 +123,21 @@ def test_int8_model_runs_and_detects(exported, bccd_images):
     # on an AMD EPYC Zen 4 (VNNI, 8-bit weights by default) ...
     assert np.corrcoef(qs.ravel(), fs.ravel())[0, 1] > 0.9999
     assert np.abs(qs - fs).mean() < 0.0015 and np.abs(qb - fb).mean() < 0.0002
-    # ... and the full pipeline detects: confident, finite boxes with valid class names
+    # ... and Detector on the int8 file is exactly the one selection on that network's outputs (the
+    # pixels preprocessed as dsod val does), with the class names of the labels
+    from dsod.data.preprocess import preprocess_batch
+
     rgb = [read_rgb(p) for p in list_images(bccd_images, limit=2)]
     det = Detector.load(tmp / "best-int8.onnx", conf=0.3)
     assert det.backend.name == "onnxruntime-int8"
-    for g in det.predict(rgb):
-        assert len(g["boxes"]) > 0 and torch.isfinite(g["boxes"]).all() and g["scores"].min() >= 0.3
-        assert set(g["names"]) <= set(NAMES)
+    qb, qs = q.predict(preprocess_batch(rgb, 160).numpy())
+    want = PostProcessor(score_thresh=0.3).select(torch.from_numpy(qb), torch.from_numpy(qs),
+                                                   [im.shape[:2] for im in rgb])
+    for g, w in zip(det.predict(rgb), want):
+        assert len(w["scores"]) > 0 and torch.equal(g["labels"], w["labels"])
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(g["boxes"], w["boxes"], rtol=0, atol=1e-4)  # pixels
+        assert g["names"] == [NAMES[i] for i in g["labels"].tolist()]
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):

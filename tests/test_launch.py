@@ -14,6 +14,8 @@ from dsod.runtime.allocator import find_jemalloc
 
 
 def test_dsod_train_runs_cpu_ddp_workers_and_forwards_ctrl_c(shared_data, tmp_path):
+    """The one Ctrl-C test: the launcher passes SIGINT on to both workers, which save a loadable
+    checkpoint (no temporary file left) and exit 130."""
     cmd = [sys.executable, "-m", "dsod", "train", f"data={shared_data / 'bccd'}", "model=dsod-nano", "batch=4",
            "iterations=500", "workers=0", "val=false", "plots=false", "progress=false", f"project={tmp_path}",
            "name=ddp", "save_interval=1", "max_images=8", "device=cpu", "precise_bn=false"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dsod import PRESETS, build_model
+from dsod import build_model
 from dsod.model.summary import count_macs, summarize
 
 
@@ -54,16 +54,6 @@ def test_output_shapes(name, size, anchors):
 def test_dsod512_has_seven_sources():
     s = summarize(build_model("dsod512"))
     assert [hw[1] for hw in s.source_shapes] == [64, 32, 16, 8, 4, 2, 1]
-
-
-@pytest.mark.parametrize("name", [n for n in PRESETS if n not in ("dsod300", "dsod512")])
-def test_every_preset_builds_and_runs(name):
-    model = build_model(name).eval()
-    size = model.config.image_size
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, size, size))
-    assert out.cls_logits.shape[1] == model.anchors_cxcywh.shape[0]
-    assert torch.isfinite(out.cls_logits).all()
 
 
 def test_tiny_presets_are_small():

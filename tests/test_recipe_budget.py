@@ -70,7 +70,9 @@ def test_time_budget_end_to_end(bccd_small, tmp_path):
     plan = saved["budget"]
     assert plan["seconds"] == 20.0 and saved["total_iterations"] >= 1
     assert MIN_EVALS <= plan["evaluations"]
-    assert plan["step_seconds"] > 0 and plan["eval_seconds"] > 0 and plan["replans"] == len(plan["eval_times"])
+    # re-planned after each evaluation, with the median measured evaluation time
+    assert plan["replans"] == len(plan["eval_times"]) >= 1
+    assert plan["eval_seconds"] == sorted(plan["eval_times"])[len(plan["eval_times"]) // 2]
     evaluated = len((Path(run["run_dir"]) / "results.csv").read_text().splitlines()) - 1
     assert evaluated >= 1
     assert run["iterations"] == saved["total_iterations"] or run["stop_reason"].startswith("time budget: ending")

@@ -1,11 +1,9 @@
-"""End-to-end training on real BCCD images: exact resume, interruption, DDP equivalence, and the
+"""End-to-end training on real BCCD images: exact resume, DDP equivalence, and the
 whole loop reaching a high mAP on the images it trained on."""
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -77,33 +75,6 @@ def test_weights_with_other_class_count_reinitialise_heads(bccd_same_split, tmp_
     stem = "backbone.stem.convs.0.0.weight"
     assert torch.equal(t.model.state_dict()[stem], other.state_dict()[stem])
     assert t.model.head.conf[0][-2].weight.shape[0] == 4 * 4 != other.head.conf[0][-2].weight.shape[0]
-
-
-def test_interrupt_leaves_a_loadable_checkpoint(bccd_same_split, tmp_path):
-    cmd = [sys.executable, "-m", "dsod", "train", f"data={bccd_same_split}", "model=dsod-nano", "batch=2",
-           "iterations=500", "workers=0", "val=false", "plots=false", "progress=false", f"project={tmp_path}",
-           "name=int", "save_interval=1", "max_images=8", "device=cpu"]
-    # One OpenMP thread: with two on a loaded 2-core machine, per-op barriers wait for a descheduled
-    # thread and an iteration (after which the SIGINT is honoured) could take minutes.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    from helpers import sigint_default
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=sigint_default)
-    last = tmp_path / "int" / "weights" / "last.pt"
-    deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    if not last.exists():
-        proc.kill()
-        pytest.fail(f"no checkpoint within 180 s (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    ckpt = load_checkpoint(last)
-    assert 0 < ckpt["iteration"] < 500
-    assert not list(last.parent.glob("*.tmp"))
 
 
 def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_path):

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from ..engine.train_probe import TrainConfig, default_train_config, train_cost
 
-# The path `dsod train` took before issue 12: glibc with a 1 MiB mmap threshold, NCHW, fp32, 1 thread.
+# The reference path, the plainest configuration: glibc with a 1 MiB mmap threshold, NCHW, fp32, 1 thread.
 OLD_DEFAULT = TrainConfig(allocator="mmap1m", channels_last=False, bf16=False, threads=1, processes=1)
 
 
@@ -27,7 +27,7 @@ def configurations(cores: int) -> Dict[str, TrainConfig]:
         out[f"processes={cores}"] = dataclasses.replace(OLD_DEFAULT, processes=cores)
         out[f"processes={cores},syncbn"] = dataclasses.replace(OLD_DEFAULT, processes=cores, syncbn=True)
     out["new_default,standard"] = dataclasses.replace(new, memory_efficient=False)
-    # the new default on glibc's allocator: issue 12 wants the default within 5% of the fastest
+    # the new default on glibc's allocator: the default should be within 5% of the fastest
     # allocator measured, so the same configuration on the other allocator is timed beside it
     if new.allocator != "glibc":
         out["new_default/allocator=glibc"] = dataclasses.replace(new, allocator="glibc")

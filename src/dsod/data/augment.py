@@ -1,5 +1,5 @@
 """The SSD/DSOD training augmentation (ORIGINAL.md §1.8) computed the fast way: geometry on box coordinates,
-pixels rendered once, at the network's input size (issue 12, item 4: data loading never the
+pixels rendered once, at the network's input size (data loading is never the
 bottleneck).
 
 ``transforms.reference_train_transform`` runs SSD Caffe's order step by step on full-size pixels:

@@ -33,7 +33,7 @@ IoU-constrained samplers cannot be satisfied without a ground truth box).
 
 ``train_transform`` returns ``augment.SSDAugment`` for "ssd" and "light": the same random draws,
 geometry and boxes as these steps, with the pixels resized before the (per-pixel) distortion and,
-in ``DetectionDataset``, JPEGs decoded at reduced size (issue 12: data loading must not be the
+in ``DetectionDataset``, JPEGs decoded at reduced size (data loading must not be the
 bottleneck); the output equals this pipeline's up to resampling (tests/test_data_speed.py).
 
 Randomness comes only from torch's global RNG (like every v2 built-in), so seeding torch per sample

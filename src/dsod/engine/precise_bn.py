@@ -6,7 +6,7 @@ Caffe's decay of 0.999 (the original solver) averages over the last ~1,000 itera
 right for a 100k-iteration run whose weights move slowly, and wrong for a run of a few hundred
 iterations: there the average still carries the statistics of weights that no longer exist, and a
 checkpoint evaluated with them can score near zero while the same weights with fresh statistics
-score well (issue 13: 0.0004 vs 0.645 mAP on a held-back set).
+score well (0.0004 vs 0.645 mAP on a held-back set; docs/RESULTS.md).
 
 ``recompute_bn_stats`` re-estimates them for the current weights: the training images, drawn and
 augmented as in training at the training batch size (batch statistics are what the weights were

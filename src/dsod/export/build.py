@@ -21,7 +21,7 @@ from .graph import DecodedGraph, ExportError, export_onnx
 from .inputs import spread, verify
 from .quantize import quantize_int8
 
-# The most int8 may lose (VOC07 mAP@0.5 points on the val split) for backend=auto to serve it (issue 14).
+# The most int8 may lose (VOC07 mAP@0.5 points on the val split) for backend=auto to serve it.
 INT8_MAX_LOSS_POINTS = 0.5
 # Cap on the val images the int8 check evaluates (spread over the split), so that it stays a minute or
 # two for large val sets; the figure says how many were used.

@@ -11,7 +11,7 @@ keeps its own).
   page faults on the large activation tensors), where the kernel allows THP on ``madvise``.
 - ``mmap1m``: glibc with the mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``), the default
   of earlier releases: peak RSS at the live tensors, but every tensor over 1 MiB is a fresh mmap that
-  page-faults and is zero-filled on every step (training 1.8x slower on an AVX-512 Xeon, issue 12).
+  page-faults and is zero-filled on every step (training 1.8x slower on an AVX-512 Xeon; docs/PERFORMANCE.md).
 - ``jemalloc``: jemalloc (Debian's ``libjemalloc2``), one arena, freed pages never returned
   (``dirty_decay_ms:-1``): a training step re-allocates the same sizes every iteration, so they are
   reused with no page faults, and jemalloc's size classes fragment less than glibc's heap. Measured

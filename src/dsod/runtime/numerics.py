@@ -17,7 +17,7 @@ import torch
 from .hardware import cpu_summary, native_bf16
 
 # Channels-last on CPU: measured per CPU kind with `dsod bench` (training section, docs/PERFORMANCE.md):
-# faster on the AVX-512 Xeon of issue 12 (4.6 -> 3.0 s per dsod-tiny-bccd step) and on AVX2.
+# faster on an AVX-512 Xeon (4.6 -> 3.0 s per dsod-tiny-bccd step) and on AVX2.
 CHANNELS_LAST_CPU = True
 
 

@@ -5,7 +5,7 @@ the final order, without leaving machine code.
 Why compiled: the NumPy + ONNX Runtime path makes ~50 library calls per image, and on a shared CPU
 each call finds its code and data evicted by whatever ran since the last image (the network): on the
 BCCD recipe model a tiny ONNX Runtime call takes 9 us back to back and 91 us after 10 ms of anything
-else, and the whole selection 0.47 vs 1.1 ms (docs/PERFORMANCE.md "Post-processing, 2026-12-06").
+else, and the whole selection 0.47 vs 1.1 ms (docs/PERFORMANCE.md "Post-processing").
 One call of a few kilobytes of machine code pays that once. No library has Caffe's selection on a
 prefix; the NMS loop is written here, with ONNX Runtime's ``NonMaxSuppression`` IoU test (the same
 float32 operations, so the same boxes as the ``onnxruntime`` kernel; tests/test_postprocess.py).

@@ -14,7 +14,7 @@ them, runs the per-class top-k and NMS on those, and lowers ``t`` (down to ``sco
 when fewer than ``keep_top_k`` survive. A trained model at ``dsod val``'s score 0.01 has nearly every
 pair above the threshold (148k of 151k on a 13-class chess model), but needs only ~900 of them for
 its 200 detections; per-class top-k over every anchor then NMS over 13 x 400 (numpy or ONNX Runtime's
-TopK, as this module replaced) took 3.5-4.4 ms there, this 0.5-0.85 ms (AMD Zen 4; docs/PERFORMANCE.md
+TopK) takes 3.5-4.4 ms there, this selection 0.5-0.85 ms (AMD Zen 4; docs/PERFORMANCE.md
 "Post-processing").
 
 No library does this: torchvision's ``batched_nms`` and ONNX ``NonMaxSuppression`` run NMS over all
