@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/ci.txt
-	@# jemalloc: the fast, lean allocator `dsod train` uses when it is there (src/dsod/launch.py); optional
+	@# jemalloc: the fast, lean allocator `dsod train` uses when it is there (src/dsod/runtime/launch.py); optional
 	-@sh .ci/install-jemalloc.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# docs/RESULTS.md: the BCCD recipe (one DDP process per core, dsod.launch) and the CPU-scale ablation (resumable;
+# docs/RESULTS.md: the BCCD recipe (one DDP process per core, dsod.runtime.launch) and the CPU-scale ablation (resumable;
 # run `make ablation` once per free core to share the queue).
 SHARED ?= ../shared/data
 bccd: $(STAMP)

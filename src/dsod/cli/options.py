@@ -42,7 +42,7 @@ def train_options() -> Dict[str, Option]:
         "stop_at": "stop at this iteration (saving last.pt) without changing the schedule",
         "max_images": "use only the first N images of each split",
         "precise_bn": "re-estimate BN statistics on N augmented training images before each evaluation "
-                      "and checkpoint (auto: 256; false: off)",
+                      "and checkpoint (auto: 32; false: off)",
         "time": "time budget (30m, 2h, 1h30m; a bare number is hours): sets the iterations to fit it",
         "recipe": "auto (short runs: AdamW/cosine/light; long runs: the paper's), paper or short",
         "ema": "EMA of the weights, evaluated and saved (auto: the recipe's)",

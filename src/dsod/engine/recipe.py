@@ -1,6 +1,6 @@
 """``recipe=auto``: the training settings chosen from the run's length.
 
-Two recipes, both measured (docs/RESULTS.md "Recipes"):
+Two recipes, both measured (docs/RESULTS.md "How `recipe=auto` chooses"):
 
 - ``paper``: the original solver (ORIGINAL.md §1.9): SGD momentum 0.9, lr 0.1 at an effective batch of 128
   (scaled linearly), weight decay 5e-4 on everything but the heads' BN, multistep x0.1 at 20/40/60/80%

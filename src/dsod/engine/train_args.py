@@ -81,9 +81,9 @@ class TrainArgs:
     val_fraction: float = 0.15
     val_images: Optional[list] = None  # the held-out images, written by the run itself (args.yaml)
     amp: bool = True  # float16 autocast + GradScaler on CUDA (ignored on CPU)
-    # bfloat16 autocast; None: on CPUs with native bf16 (AMX, AVX512-BF16), engine/numerics.py
+    # bfloat16 autocast; None: on CPUs with native bf16 (AMX, AVX512-BF16), runtime/numerics.py
     bf16: Optional[bool] = None
-    channels_last: Optional[bool] = None  # None: where it measured faster (engine/numerics.py)
+    channels_last: Optional[bool] = None  # None: where it measured faster (runtime/numerics.py)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     max_bad_steps: int = 10  # abort after this many non-finite losses in a row
     workers: int = 2

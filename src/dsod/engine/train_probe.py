@@ -28,7 +28,7 @@ from ..runtime.distributed import free_port
 
 @dataclass(frozen=True)
 class TrainConfig:
-    allocator: str = "glibc"  # engine.memory.ALLOCATORS
+    allocator: str = "glibc"  # runtime.allocator.ALLOCATORS
     channels_last: bool = False
     bf16: bool = False
     threads: int = 1  # intra-op threads per process

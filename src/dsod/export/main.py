@@ -105,6 +105,6 @@ def export_int8(fp32: Path, o: Dict[str, Any], spec, imgsz: int) -> Path:
         print("int8 accuracy not measured (no dataset with a val split: give data=DATASET); backend=auto will "
               "not choose this file")
     if not has_int8_dot():
-        print(f"note: this CPU has no int8 dot-product instructions (VNNI/AMX): here the int8 model runs no faster "
-              f"than the fp32 ONNX model; ship {fp32.name} for it (docs/PERFORMANCE.md)")
+        print(f"note: this CPU has no int8 dot-product instructions (VNNI/AMX): int8 may run no faster than "
+              f"{fp32.name} here; backend=auto times both and serves the faster (docs/PERFORMANCE.md)")
     return out
