@@ -14,15 +14,18 @@ def test_every_user_facing_error_is_a_dsod_error():
     from dsod.data import DatasetError, ImageError
     from dsod.engine.run import TrainingError
     from dsod.export import ExportError
+    from dsod.files import FolderBusy, OutOfSpace
     from dsod.inference.backends import BackendError
     from dsod.inference.predict import PredictError
+    from dsod.inference.sessions import ModelFileError
     from dsod.metrics import DetectionsFileError
+    from dsod.metrics.evaluator import NothingToEvaluate
     from dsod.model.checkpoint import CheckpointError
     from dsod.model.load import ModelSpecError
     from dsod.runtime.device import DeviceError
 
     classes = [BenchError, CLIError, DatasetError, ImageError, TrainingError, ExportError, BackendError,
-               PredictError, DetectionsFileError, CheckpointError, ModelSpecError, DeviceError]
+               PredictError, ModelFileError, FolderBusy, OutOfSpace, DetectionsFileError, NothingToEvaluate, CheckpointError, ModelSpecError, DeviceError]
     assert [c for c in classes if not issubclass(c, DsodError)] == []
     # the ones callers catch as ValueError still are
     assert all(issubclass(c, ValueError) for c in (DatasetError, BackendError, ModelSpecError, DeviceError))

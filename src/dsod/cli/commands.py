@@ -1,6 +1,7 @@
 """What each ``dsod`` command does with its parsed keys: wiring only, the work is in the package."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Dict
 
@@ -40,8 +41,17 @@ def cmd_train(args: Dict[str, object]) -> int:
 
 
 
+def report_data(problems, run_dir: Path) -> None:
+    """Say what reading the data found (``data.problems``), and keep it in the run folder."""
+    from ..files import atomic_write_text
+
+    print("\n".join(problems.lines), flush=True)
+    atomic_write_text(run_dir / "data_problems.txt", "\n".join(problems.lines) + "\n")
+
+
 def cmd_val(args: Dict[str, object]) -> int:
     from ..data import load_dataset
+    from ..data.problems import split_problems
 
     if not args["data"]:
         raise CLIError("data= is required (the dataset to evaluate on)")
@@ -53,6 +63,9 @@ def cmd_val(args: Dict[str, object]) -> int:
             raise CLIError(f"split={args['split']} is not in {args['data']}; valid: {', '.join(spec.splits)}")
         records = spec.records(str(args["split"]))
         run_dir = make_run_dir(args)
+        report_data(split_problems(str(args["split"]), records, spec.report(str(args["split"]))), run_dir)
+        if not records:
+            raise CLIError(f"data={args['data']}: the {args['split']} split has no usable image to evaluate")
         if args["detections"]:
             from ..metrics import score_detections_file
             evaluator = score_detections_file(spec.info, records, str(args["detections"]))
@@ -117,11 +130,16 @@ def cmd_predict(args: Dict[str, object]) -> int:
     except (CheckpointError, PredictError) as e:
         raise CLIError(str(e)) from None
     run_dir = make_run_dir(args)
+    if det.skipped:
+        more = f" (and {len(det.skipped) - 1} more)" if len(det.skipped) > 1 else ""
+        print(f"{len(det.skipped)} image(s) skipped, could not be decoded: {det.skipped[0]}{more}")
+    if not results:
+        raise CLIError(f"source={args['source']}: none of the images could be decoded")
     total = 0
     for r in results:
         total += len(r["scores"])
-        if args["save"] and r["path"]:
-            draw_detections(read_rgb(Path(r["path"])), r, run_dir / (Path(r["path"]).stem + ".jpg"))
+        if args["save"] and r["path"]:  # the image id keeps files of the same stem apart (sub/a, a.png)
+            draw_detections(read_rgb(Path(r["path"])), r, run_dir / f"{r['image_id']}.jpg")
     from ..data import DatasetInfo
     from ..metrics import write_detections_json
     info = DatasetInfo(names=det.names, format="coco" if det.category_ids else "voc", category_ids=det.category_ids)
@@ -160,6 +178,11 @@ def cmd_data(args: Dict[str, object]) -> int:
                    strict=bool(args["strict"]))
     print(format_report(result))
     print(f"plots in {run_dir}")
+    bad = [f"{k} {'unreadable' if v.get('error') else 'empty'}" for k, v in result["splits"].items()
+           if v.get("error") or not v.get("images")]
+    if bad:  # nothing to train or evaluate on there: a failure for scripts, not a report to skim
+        print(f"dsod data check: {', '.join(bad)}: no usable image there", file=sys.stderr)
+        return 1
     return 0
 
 

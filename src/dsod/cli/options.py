@@ -48,6 +48,8 @@ def train_options() -> Dict[str, Option]:
         "ema": "EMA of the weights, evaluated and saved (auto: the recipe's)",
         "patience": "stop after N evaluations without improvement", "anchors": "auto (fitted to the data) or preset",
         "val_fraction": "held-out fraction when the dataset has no val split",
+        "bad_data_limit": "refuse to train when data problems dropped more than this share of the "
+                          "annotations (1: train on whatever is left)",
         "weight_decay": "weight decay (auto: the recipe's)", "no_decay_norm": "no weight decay on norms (auto: the recipe's)",
     }
     types = {
@@ -60,7 +62,7 @@ def train_options() -> Dict[str, Option]:
         "val_interval": optional(positive_int), "save_interval": optional(positive_int), "val": boolean,
         "plots": boolean, "progress": boolean, "max_images": optional(positive_int), "stop_at": optional(positive_int),
         "precise_bn": precise_bn_value, "time": duration, "ema": auto_bool, "patience": optional(positive_int),
-        "val_fraction": float_range(0, 0.9),
+        "val_fraction": float_range(0, 0.9), "bad_data_limit": float_range(0, 1),
     }
     choices = {"schedule": ["multistep", "cosine"], "norm": ["bn", "gn", "syncbn"], "optimizer": ["sgd", "adamw"],
                "recipe": ["auto", "paper", "short"], "anchors": ["auto", "preset"]}

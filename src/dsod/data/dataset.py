@@ -12,10 +12,14 @@ Training datasets (``train=True``) drop ``iscrowd`` boxes: a crowd region is not
 to; evaluation datasets keep everything (the evaluator scores against the records anyway).
 
 **Images that fail to decode at load time** (truncated, corrupt, vanished since the records were read)
-must not stop a run: ``__getitem__`` reports the file once (``warnings.warn``), remembers it in
-``self.skipped`` (per process: each DataLoader worker has its own copy) and returns the next decodable
-record instead (index + 1, + 2, ... wrapping around), listing what it skipped in ``target["skipped"]``
-so the training loop can count them. Only a dataset with no decodable image at all raises.
+must not stop a run. Training datasets (``on_error="next"``): ``__getitem__`` reports the file once
+(``warnings.warn``), remembers it in ``self.skipped`` (per process: each DataLoader worker has its own
+copy) and returns the next decodable record instead (index + 1, + 2, ... wrapping around), listing
+what it skipped in ``target["skipped"]`` so the training loop can count them; only a dataset with no
+decodable image at all raises. Evaluation datasets (``on_error="drop"``, ``eval_loader``) never
+substitute: another image would be scored twice and the broken one's ground truth counted as missed.
+The sample comes back as ``(None, {"image_id", "index", "dropped": "file: reason"})``; ``collate``
+keeps such targets after the decoded ones, and the evaluation loop leaves the image out, counted.
 
 **Reduced-size decoding.** A transform with ``plan``/``decode_size``/``render`` (``augment.SSDAugment``,
 what ``train_transform`` returns for "ssd" and "light") draws its random geometry on the record's
@@ -50,7 +54,10 @@ class DetectionDataset(Dataset):
     (or any callable ``(tv_tensors.Image uint8 RGB, target) -> (tensor, target)``)."""
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable, train: bool = True,
-                 max_pixels: int = MAX_PIXELS):
+                 max_pixels: int = MAX_PIXELS, on_error: str = "next"):
+        if on_error not in ("next", "drop"):
+            raise ValueError(f"on_error={on_error!r}: 'next' or 'drop'")
+        self.on_error = on_error
         self.records = list(records)
         self.transform = transform
         self.train = train
@@ -80,6 +87,8 @@ class DetectionDataset(Dataset):
                     pixels = load_image(rec.path, self.max_pixels)
                     image, target = self._seeded(seed, self._sample, rec, pixels)
             except ImageError as e:
+                if self.on_error == "drop":
+                    return None, {"image_id": rec.image_id, "index": i, "dropped": f"{rec.path}: {e}"}
                 msg = f"{rec.path}: {e}; skipped, using the next image"
                 self.skipped[i] = msg
                 skipped.append(msg)
@@ -144,9 +153,14 @@ def _chw(pixels: np.ndarray) -> torch.Tensor:
 def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]
             ) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
     """Images stacked to (N, 3, S, S); targets kept as a list of per-image dicts (their box counts
-    differ, and the loss matches each image separately)."""
-    images, targets = zip(*batch)
-    return torch.stack(images), list(targets)
+    differ, and the loss matches each image separately). Samples an evaluation dataset dropped
+    (image None) add their targets after the N decoded ones, and no image."""
+    kept = [(im, t) for im, t in batch if im is not None]
+    dropped = [t for im, t in batch if im is None]
+    if not kept:
+        return torch.zeros(0), dropped
+    images, targets = zip(*kept)
+    return torch.stack(images), list(targets) + dropped
 
 
 def seed_worker(worker_id: int) -> None:
@@ -176,6 +190,6 @@ def eval_loader(records: Sequence[ImageRecord], image_size: int, batch: int = 8,
     (``data.preprocess``): what training's validation, ``dsod val`` and export's checks all read."""
     from .transforms import eval_transform
 
-    dataset = DetectionDataset(list(records), eval_transform(image_size), train=False)
+    dataset = DetectionDataset(list(records), eval_transform(image_size), train=False, on_error="drop")
     return DataLoader(dataset, batch_size=max(1, int(batch)), shuffle=False, num_workers=int(workers),
                       collate_fn=collate)

@@ -13,6 +13,7 @@ Decoding is PIL's. What we normalise, and why:
 from __future__ import annotations
 
 import glob
+import os
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -57,7 +58,11 @@ def find_images(source: PathLike) -> List[Path]:
     if p.is_file():
         return [p]
     if any(ch in s for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(s, recursive=True) if is_image_file(f))
+        files, seen = [], set()
+        for f in sorted(glob.glob(s, recursive=True)):  # each real file once (links, link loops)
+            if is_image_file(f) and os.path.realpath(f) not in seen:
+                seen.add(os.path.realpath(f))
+                files.append(Path(f))
         if not files:
             raise FileNotFoundError(f"{s}: the pattern matches no images")
         return files

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from .images import MAX_PIXELS, is_image_file
 from .lists import entry_stem, read_name_list
-from .records import RawImage, RawObject, SplitReport, read_image_size
+from .records import DatasetError, RawImage, RawObject, SplitReport, read_image_size
 
 _LABEL_FILES_IGNORED = {"classes.txt", "notes.txt", "readme.txt"}
 
@@ -46,11 +46,30 @@ def _label_dir(folder: Path) -> Optional[Path]:
     return None
 
 
+# A folder search that looks at this many entries without ending is not an image folder (``val: /usr``).
+MAX_SCAN_ENTRIES = 200_000
+
+
 def _walk_images(folder: Path) -> List[Path]:
-    out = []
+    """The images under ``folder`` (sorted, ``labels`` folders skipped), following symbolic links but
+    each real folder and file once: a link loop or a linked duplicate adds nothing."""
+    out, seen_dirs, seen_files, looked = [], set(), set(), 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        looked += len(dirnames) + len(filenames)
+        if looked > MAX_SCAN_ENTRIES:
+            raise DatasetError(f"{folder}: looked at {MAX_SCAN_ENTRIES:,} entries without reaching the end: is "
+                               "this the images folder? (name the folder of the split's images)")
         dirnames[:] = sorted(d for d in dirnames if d != "labels")
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+        for f in sorted(filenames):
+            path = Path(dirpath) / f
+            if is_image_file(f) and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                out.append(path)
     return out
 
 

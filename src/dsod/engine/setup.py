@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import ModelConfig, get_config
+from ..files import FolderLock, atomic_write_text, remove_stale_temporaries
 from ..model.checkpoint import config_from_dict, load_checkpoint
 from ..runtime import distributed as dist_utils
 from .budget import Budget, estimate_eval_seconds, parse_duration, probe_step_seconds
@@ -23,8 +24,9 @@ from .train_args import TrainArgs
 RESUME_KEEPS = {"resume", "device", "workers", "progress", "stop_at"}
 
 
-def resolve_args(a: TrainArgs, resume_ckpt: Optional[Dict[str, Any]]) -> TrainArgs:
-    """Checked arguments, a resumed run's own where it has them (a new object: ``a`` is not changed)."""
+def resolve_args(a: TrainArgs, resume_ckpt: Optional[Dict[str, Any]], notes: Optional[List[str]] = None) -> TrainArgs:
+    """Checked arguments, a resumed run's own where it has them (a new object: ``a`` is not changed);
+    the keys given with ``resume=`` that the run's own replace are said in ``notes``."""
     from ..data import augment_mode
 
     if a.batch < 1 or a.accumulate < 1:
@@ -35,6 +37,12 @@ def resolve_args(a: TrainArgs, resume_ckpt: Optional[Dict[str, Any]]) -> TrainAr
         raise TrainingError(f"anchors={a.anchors} is not valid; use auto or preset")
     if resume_ckpt is not None:
         saved = resume_ckpt.get("train_args") or {}
+        defaults = TrainArgs()
+        ignored = [f"{k}={getattr(a, k)}" for k in saved if k not in RESUME_KEEPS and hasattr(a, k)
+                   and getattr(a, k) != getattr(defaults, k) and _plain(getattr(a, k)) != _plain(saved[k])]
+        if ignored and notes is not None:
+            notes.append(f"resume: ignored {', '.join(ignored)} (a resumed run keeps its own arguments; "
+                         f"start a new run with weights= to change them)")
         a = dataclasses.replace(a, **{k: (tuple(v) if isinstance(v, list) and k != "val_images" else v)
                                       for k, v in saved.items() if k not in RESUME_KEEPS and hasattr(a, k)})
     try:
@@ -46,6 +54,10 @@ def resolve_args(a: TrainArgs, resume_ckpt: Optional[Dict[str, Any]]) -> TrainAr
     return a
 
 
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
 @dataclass
 class RunData:
     resolved: str  # what data= became (the synthetic set's folder when it was None)
@@ -53,10 +65,12 @@ class RunData:
     train: list
     val: list
     val_images: Optional[List[str]]  # the held-out validation images of a train-only dataset
+    problems: List[str]  # the data report every run prints and keeps (data_problems.txt)
 
 
 def load_data(a: TrainArgs) -> RunData:
     from ..data import load_dataset
+    from ..data.problems import check_trainable, split_problems
 
     data = a.data
     if data is None:
@@ -71,14 +85,30 @@ def load_data(a: TrainArgs) -> RunData:
     if not train:
         raise TrainingError(f"data={data}: the train split has no usable images")
     val = (spec.records("val") if "val" in spec.splits else [])[: a.max_images or None]
+    report = [split_problems("train", train, spec.report("train"))]
+    if "val" in spec.splits:
+        report.append(split_problems("val", val, spec.report("val")))
+    try:
+        check_trainable(report[0], data, a.bad_data_limit)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    overlap = len({str(r.path) for r in train} & {str(r.path) for r in val})
+    lines = [ln for p in report for ln in p.lines]
+    if overlap:
+        lines.append(f"warning: {overlap} image(s) are in both train and val: validation overstates accuracy")
     derived = list(spec.derived_val) if spec.derived_val is not None else None
-    return RunData(data, spec, train, val, derived)
+    return RunData(data, spec, train, val, derived, lines)
 
 
 def model_config(a: TrainArgs, info, train_records, resume_ckpt: Optional[Dict[str, Any]],
                  notes: List[str]) -> Tuple[ModelConfig, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """(config, starting checkpoint or None, the default-box fit or None); the fit's line goes to ``notes``."""
     if resume_ckpt is not None:
+        saved = list(resume_ckpt.get("names") or [])
+        if saved != list(info.names):  # the data changed since: its head would get the wrong classes
+            raise TrainingError(f"resume: the checkpoint was trained on {len(saved)} classes {saved}, but "
+                                f"data={a.data} now has {len(info.names)} {list(info.names)}; resume with the "
+                                f"data it was trained on, or start a new run from it with weights=")
         return config_from_dict(resume_ckpt["model_config"]), None, resume_ckpt.get("anchor_fit")
     init = None
     if a.model.endswith(".pt"):
@@ -183,3 +213,17 @@ def place_model(model, device: torch.device, numerics, world: int):
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
     return model, ddp, memory_format
+
+
+def open_run_folder(run_dir: Path, notes: List[str], data_problems: List[str] = ()) -> FolderLock:
+    """Take the run folder for this process (one writer per folder: a second run into it is refused
+    with the holder's PID), remove the temporaries a run killed inside a save left in weights/, and
+    say what reading the data found (printed, and kept as data_problems.txt)."""
+    lock = FolderLock(run_dir, "training run")
+    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(run_dir / "weights"):
+        notes.append(f"removed {stale.name}, left by a run killed while saving")
+    if data_problems:
+        print("\n".join(data_problems), flush=True)
+        atomic_write_text(run_dir / "data_problems.txt", "\n".join(data_problems) + "\n")
+    return lock

@@ -86,6 +86,8 @@ class TrainArgs:
     channels_last: Optional[bool] = None  # None: where it measured faster (runtime/numerics.py)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     max_bad_steps: int = 10  # abort after this many non-finite losses in a row
+    # refuse to train when problems dropped more than this share of the annotations (1: never)
+    bad_data_limit: float = 0.5
     workers: int = 2
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..model.checkpoint import model_payload, rng_state, set_rng_state
+from ..model.checkpoint import load_weights, model_payload, rng_state, set_rng_state
 from .precise_bn import load_bn_buffers
 from .run import args_dict
 
@@ -54,9 +54,9 @@ def training_payload(t, metrics: Optional[Dict[str, Any]] = None,
 def restore_training(t, ckpt: Dict[str, Any]) -> None:
     """Put trainer ``t`` back where ``ckpt`` was written."""
     if t.ema is not None:
-        t.model.load_state_dict(ckpt["train_model"])
+        load_weights(t.model, ckpt["train_model"], "training", ckpt.get("loaded_from", ""))
         t.ema.load_meta(ckpt["ema"])
-    t.eval_model.load_state_dict(ckpt["model"])
+    load_weights(t.eval_model, ckpt["model"], source=ckpt.get("loaded_from", ""))
     if ckpt.get("train_bn"):
         load_bn_buffers(t.eval_model, ckpt["train_bn"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
@@ -65,6 +65,8 @@ def restore_training(t, ckpt: Dict[str, Any]) -> None:
         t.scaler.load_state_dict(ckpt["scaler"])
     t.iteration, t.epoch, t.batch_in_epoch = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
     t.history = list(ckpt.get("history") or [])
+    # results.csv's time_s goes on from the last evaluation's, not from 0
+    t.time_offset = float(t.history[-1].get("time_s", 0.0)) if t.history else 0.0
     t.best_fitness = float(ckpt.get("best_fitness", -1.0))
     t.best_iteration = int(ckpt.get("best_iteration", 0))
     if ckpt.get("val_interval"):

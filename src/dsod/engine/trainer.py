@@ -1,16 +1,14 @@
-"""Training from scratch: the iteration-based loop of the original solver (docs/ORIGINAL.md §1.9),
-with gradient accumulation, AMP/bf16, a non-finite-loss guard, periodic validation with BN statistics
-re-estimated for the weights evaluated, an EMA of the weights, a time budget, early stopping, a
-results folder per run, exact resume and DDP under torchrun.
+"""Training from scratch: the iteration-based loop of the original solver (docs/ORIGINAL.md §1.9), with
+gradient accumulation, AMP/bf16, a non-finite-loss guard, validation with BN statistics re-estimated for
+the weights evaluated, EMA, a time budget, early stopping, a results folder, exact resume and DDP.
 
 The loop and its decisions live here; the pieces are modules of their own: ``setup`` (arguments,
-data, model config, recipe), ``loaders`` (the seeded data streams), ``step`` (one optimizer step),
-``train_state`` (checkpoint contents and exact resume), ``budget`` (time=), ``precise_bn``, ``ema``,
-``evaluate``, ``signals`` (SIGTERM as Ctrl-C).
+data, model config, recipe, run folder), ``loaders`` (the seeded data streams), ``step`` (one
+optimizer step), ``train_state`` (checkpoints, exact resume), ``budget`` (time=), ``precise_bn``,
+``ema``, ``evaluate``, ``signals`` (SIGTERM as Ctrl-C).
 
 An *iteration* is one optimizer step over ``batch x accumulate x world_size`` images (the original:
-4 per GPU x 8 GPUs x iter_size 4 = 128).
-"""
+4 per GPU x 8 GPUs x iter_size 4 = 128)."""
 from __future__ import annotations
 
 import dataclasses
@@ -63,17 +61,19 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.main = self.rank == 0
         self.notes: List[str] = []  # the lines that say what was decided for the user
+        self.time_offset = 0.0  # results.csv's time_s before a resume
         self._setup()
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         """Resume state, arguments, data and the model on its device, then the rest in order."""
         self.resume_ckpt = load_checkpoint(self.args.resume) if self.args.resume else None
-        a = self.args = setup.resolve_args(self.args, self.resume_ckpt)
+        a = self.args = setup.resolve_args(self.args, self.resume_ckpt, self.notes)
         self.budget_seconds = parse_duration(a.time) if a.iterations is None else None
         torch.manual_seed(a.seed)
         data = setup.load_data(a)
-        self.data_resolved, self.dataset_spec, self.info = data.resolved, data.spec, data.spec.info
+        self.data_resolved, self.dataset_spec, self.info, self.data_problems = (data.resolved, data.spec,
+                                                                               data.spec.info, data.problems)
         train_records, self.val_records = data.train, data.val
         if data.val_images is not None:  # in args.yaml and checkpoints: a rerun holds out the same images
             a = self.args = dataclasses.replace(a, val_images=data.val_images)
@@ -160,8 +160,8 @@ class Trainer:
             self.run_dir = Path(a.resume).resolve().parent.parent
         else:
             self.run_dir = next_run_dir(a.project, a.name, a.exist_ok)
+        self.lock = setup.open_run_folder(self.run_dir, self.notes, self.data_problems) if self.main else None
         if self.main:
-            (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             write_yaml(self.run_dir / "args.yaml", run_record(self))
             if a.progress:
                 for line in [self.numerics.describe(), *self.notes]:
@@ -317,9 +317,10 @@ class Trainer:
             from .plots import plot_results
             plot_results(self.run_dir / "results.csv", self.run_dir / "results.png")
         dist_utils.barrier()
-        return {"run_dir": str(self.run_dir), "metrics": metrics, "iterations": self.iteration,
-                "skipped_steps": self.guard.total, "seconds": time.time() - self.t_start,
-                "stop_reason": self.stop_reason}
+        if self.lock is not None:
+            self.lock.release()
+        return {"run_dir": str(self.run_dir), "metrics": metrics, "iterations": self.iteration, "stop_reason":
+                self.stop_reason, "skipped_steps": self.guard.total, "seconds": time.time() - self.t_start}
 
     def _out_of_patience(self) -> bool:
         if not self.args.patience or self.iteration >= self.total_iters:
@@ -342,7 +343,8 @@ class Trainer:
 
     def _evaluate_and_log(self, elapsed: float) -> Dict[str, Any]:
         row: Dict[str, Any] = {"iteration": self.iteration, "epoch": round(self.iteration / self.iters_per_epoch, 3),
-                               "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(elapsed, 1)}
+                               "lr": self.optimizer.param_groups[0]["lr"],
+                               "time_s": round(elapsed + self.time_offset, 1)}
         run = getattr(self, "_running", None) or {}
         row.update({k: round(v, 5) for k, v in run.items()})
         metrics: Dict[str, Any] = {}

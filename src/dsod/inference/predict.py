@@ -9,6 +9,7 @@ Boxes are xyxy in the original image's pixels (the warp-resize is undone), for a
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -47,6 +48,19 @@ def read_rgb(path: Path) -> np.ndarray:
         raise PredictError(str(e)) from None
 
 
+def unique_ids(paths: Sequence[Path]) -> List[str]:
+    """An image id per file that no other file of the run shares: the stem where it is unique (what a
+    dataset's ids are, so that ``dsod val detections=`` matches them), else the path relative to the
+    files' common folder, without the suffix where that is enough (``sub/a`` beside ``a``), with it
+    otherwise (``a.jpg`` beside ``a.png``)."""
+    if len({p.stem for p in paths}) == len(paths):
+        return [p.stem for p in paths]
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    rel = [p.resolve().relative_to(root) for p in paths]
+    bare = [r.with_suffix("").as_posix() for r in rel]
+    return bare if len(set(bare)) == len(bare) else [r.as_posix() for r in rel]
+
+
 def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> network input (3, size, size): ``dsod.data.preprocess.preprocess``, the
     same pixels ``dsod val`` and the ONNX backend feed the network."""
@@ -71,6 +85,7 @@ class Detector:
         self.image_size = int(image_size)
         self.conf = conf
         self.backend = backend  # the BackendChoice, when ``load`` made it
+        self.skipped: List[str] = []  # "file: reason" of the image files ``predict`` could not decode
         # Thresholding at ``conf`` before NMS gives the same boxes above ``conf`` as thresholding after
         # (only a higher-scoring box can suppress another), and is faster.
         self.postprocessor = PostProcessor(score_thresh=conf, nms_thresh=iou, detections_per_img=max_det)
@@ -132,9 +147,14 @@ class Detector:
                 arrays.append(np.asarray(ImageOps.exif_transpose(item).convert("RGB")))
                 meta.append({"path": None, "image_id": len(meta)})
             else:
-                for p in resolve_source(item):
-                    arrays.append(read_rgb(p))
-                    meta.append({"path": str(p), "image_id": p.stem})
+                paths = resolve_source(item)
+                for p, image_id in zip(paths, unique_ids(paths)):
+                    try:
+                        arrays.append(read_rgb(p))
+                    except PredictError as e:  # one unusable file does not stop the others
+                        self.skipped.append(str(e))
+                        continue
+                    meta.append({"path": str(p), "image_id": image_id})
         results = self.predict_arrays(arrays, batch)
         for r, m in zip(results, meta):
             r.update(m)

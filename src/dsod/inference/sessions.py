@@ -23,6 +23,28 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..errors import DsodError
+
+
+class ModelFileError(DsodError, ValueError):
+    """An .onnx file that is missing, damaged or not a ``dsod export`` (one line)."""
+
+
+def _opened(path: Path, engine: str, open_fn):
+    """``open_fn()`` with any failure of the engine on a bad file as one ``ModelFileError`` line."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: ONNX model not found (write one with `dsod export`)")
+    try:
+        return open_fn()
+    except Exception as e:  # noqa: BLE001 - the engines raise their own types for a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({engine}: {first[:160]})") from None
+
+
+def _check_outputs(path: Path, names: List[str]) -> None:
+    if not {"boxes", "scores"} <= set(names):
+        raise ModelFileError(f"{path}: not a dsod export (outputs {names}; expected boxes and scores)")
+
 
 class OrtSession:
     """An ONNX Runtime session around an exported DSOD.
@@ -36,17 +58,17 @@ class OrtSession:
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: ONNX model not found (write one with `dsod export`)")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = _opened(self.path, "onnxruntime", lambda: ort.InferenceSession(
+            str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        _check_outputs(self.path, self.output_names)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata: Dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
         shape = self.session.get_inputs()[0].shape
@@ -78,14 +100,13 @@ class OpenVinoSession:
         import openvino as ov
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: ONNX model not found (write one with `dsod export`)")
         config: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.compiled = _opened(self.path, "openvino", lambda: ov.Core().compile_model(str(self.path), "CPU", config))
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        _check_outputs(self.path, self.output_names)
         self.metadata: Dict[str, Any] = read_metadata(self.path)
         side = self.compiled.input(0).get_partial_shape()[-1]
         self.image_size = int(self.metadata.get("image_size") or side.get_length())

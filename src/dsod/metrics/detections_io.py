@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import DsodError
 from ..files import atomic_write_text
-from .evaluator import Evaluator, json_safe, normalize_id, to_numpy
+from .arrays import json_safe, normalize_id, to_numpy
+from .evaluator import Evaluator
 
 if TYPE_CHECKING:
     from ..data.records import DatasetInfo, ImageRecord

@@ -20,55 +20,18 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from ..errors import DsodError
 from ..files import atomic_write_text
 from . import coco as coco_mod
+from .arrays import check_detections, flags, id_sort_key, json_safe, normalize_id, unique_class_keys
 from .voc import VOCResult, confusion_matrix, evaluate_voc
 
 if TYPE_CHECKING:  # the records contract; not imported at run time (keeps metrics light)
     from ..data.records import DatasetInfo, ImageRecord
 
 
-def to_numpy(x: Any, dtype=None) -> np.ndarray:
-    """numpy view of a tensor / array / list (torch tensors are detached and moved to the CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def id_sort_key(image_id: Any):
-    """Image ids sort numerically when they are numbers, lexicographically when they are names."""
-    if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
-        return (0, int(image_id), "")
-    return (1, 0, str(image_id))
-
-
-def normalize_id(image_id: Any):
-    """Plain ``int``/``str`` image ids from numpy scalars or 0-d tensors."""
-    if isinstance(image_id, (str, int)) and not isinstance(image_id, bool):
-        return image_id
-    if hasattr(image_id, "item"):
-        return image_id.item()
-    return image_id
-
-
-def unique_class_keys(names: Sequence[str]) -> List[str]:
-    """Class names as dict keys: a repeated name gets its index appended."""
-    seen: Dict[str, int] = {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-    return [n if seen[n] == 1 else f"{n} ({i})" for i, n in enumerate(names)]
-
-
-def json_safe(x):
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return json_safe(x.item())
-    return x
+class NothingToEvaluate(DsodError, ValueError):
+    """Every image of the evaluation was left out (none could be decoded)."""
 
 
 class Evaluator:
@@ -97,6 +60,9 @@ class Evaluator:
                  coco_backend: str = "auto", conf_thresh: float = 0.25):
         if len(records) == 0:
             raise ValueError("Evaluator needs at least one image record")
+        self._settings = dict(iou_thresh=iou_thresh, plus_one=plus_one, coco=coco, coco_gt=coco_gt,
+                              coco_backend=coco_backend, conf_thresh=conf_thresh)
+        self.left_out: List[str] = getattr(self, "left_out", [])  # images dropped (``drop``), "file: reason"
         self.info = info
         self.num_classes = len(info.names)
         self.iou_thresh = float(iou_thresh)
@@ -130,8 +96,8 @@ class Evaluator:
             boxes.append(b)
             labels.append(lab)
             images.append(np.full(n, i, np.int64))
-            difficult.append(_flags(getattr(r, "difficult", None), n))
-            crowd.append(_flags(getattr(r, "iscrowd", None), n))
+            difficult.append(flags(getattr(r, "difficult", None), n))
+            crowd.append(flags(getattr(r, "iscrowd", None), n))
             # Optional per-box area (e.g. COCO segmentation areas), if a reader provides one.
             a = getattr(r, "area", None)
             if a is not None and len(np.asarray(a).reshape(-1)) == n:
@@ -174,8 +140,25 @@ class Evaluator:
                 raise ValueError(f"update: unknown image id {image_id!r} (not among the evaluator's records)")
             if idx in self._dets:
                 raise ValueError(f"update: image {image_id!r} was already updated (call reset() to start over)")
-            self._dets[idx] = _check_detections(det, self.num_classes, image_id)
+            self._dets[idx] = check_detections(det, self.num_classes, image_id)
         self._results = None
+
+    def drop(self, image_ids: Sequence[Any], reasons: Sequence[str] = ()) -> None:
+        """Leave these images out of the evaluation, their ground truth included (images that could
+        not be decoded: scoring them as missed would understate every class they hold). Detections
+        of the other images are kept; ``compute()["images_left_out"]`` lists ``reasons``."""
+        gone = {normalize_id(i) for i in image_ids}
+        unknown = gone - set(self._index)
+        if unknown:
+            raise ValueError(f"drop: unknown image id {sorted(unknown, key=id_sort_key)[0]!r}")
+        kept = [(r, i) for r, i in zip(self.records, self.image_ids) if i not in gone]
+        if not kept:
+            raise NothingToEvaluate(f"none of the {len(self.records)} images could be decoded (first: "
+                                    f"{(list(reasons) or [str(next(iter(gone)))])[0]})")
+        dets = {self.image_ids[k]: d for k, d in self._dets.items() if self.image_ids[k] not in gone}
+        self.left_out = self.left_out + list(reasons or (str(i) for i in gone))
+        self.__init__(self.info, [r for r, _ in kept], **self._settings)
+        self._dets = {self._index[i]: d for i, d in dets.items()}
 
     @property
     def num_updated(self) -> int:
@@ -234,6 +217,7 @@ class Evaluator:
             "coco": dict(coco_res.stats) if coco_res else None,
             "per_class": per_class,
             "num_images": len(self.records),
+            "images_left_out": list(self.left_out),
             "num_images_updated": len(self._dets),
             "num_detections": int(len(scores)),
             "num_gt": int((~self._gt_ignore).sum()),
@@ -344,38 +328,3 @@ class Evaluator:
                                            out_dir / "confusion_matrix.png",
                                            conf_thresh=self.conf_thresh, iou_thresh=self.iou_thresh))
         return paths
-
-
-def _flags(x, n: int) -> np.ndarray:
-    if x is None:
-        return np.zeros(n, bool)
-    a = np.asarray(x, bool).reshape(-1)
-    if len(a) != n:
-        raise ValueError(f"record flags have {len(a)} entries for {n} boxes")
-    return a
-
-
-def _check_detections(det: Mapping[str, Any], num_classes: int, image_id) -> tuple:
-    try:
-        boxes = to_numpy(det["boxes"], np.float64)
-        scores = to_numpy(det["scores"], np.float64).reshape(-1)
-        labels_raw = to_numpy(det["labels"])
-    except KeyError as e:
-        raise ValueError(f"update: detections of image {image_id!r} lack {e.args[0]!r} "
-                         "(need boxes, scores, labels)") from None
-    boxes = boxes.reshape(-1, 4) if boxes.size else np.zeros((0, 4))
-    labels_raw = labels_raw.reshape(-1)
-    if not (len(boxes) == len(scores) == len(labels_raw)):
-        raise ValueError(f"update: image {image_id!r}: {len(boxes)} boxes, {len(scores)} scores, "
-                         f"{len(labels_raw)} labels")
-    if len(labels_raw) and not np.all(np.asarray(labels_raw, np.float64) == np.round(np.asarray(labels_raw, np.float64))):
-        raise ValueError(f"update: image {image_id!r}: labels must be integers")
-    labels = labels_raw.astype(np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"update: image {image_id!r}: label outside 0..{num_classes - 1} "
-                         "(labels are 0-based dataset classes, background removed)")
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-        raise ValueError(f"update: image {image_id!r}: non-finite box or score")
-    if len(boxes) and ((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
-        raise ValueError(f"update: image {image_id!r}: boxes must be xyxy with x2 >= x1 and y2 >= y1")
-    return boxes, scores, labels

@@ -26,18 +26,65 @@ class CheckpointError(DsodError):
     pass
 
 
+LOADED_FROM = "loaded_from"  # the key load_checkpoint adds (not saved): the file a checkpoint came from
+
+
 def config_to_dict(cfg: ModelConfig) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# Sane bounds on a checkpoint's config, checked before anything is built: a file that passes
+# weights_only=True can still name a 100000-px input (tens of GB at the first forward).
+_INT_BOUNDS = {"num_classes": (2, 100_000), "image_size": (16, 4096), "stem_channels": (1, 2048),
+               "growth_rate": (1, 2048), "bottleneck_width": (1, 8192)}
+_TUPLE_BOUNDS = {"block_config": (1, 8, 1, 256), "prediction_widths": (1, 12, 1, 8192)}  # len, values
+
+
+def _check_config(d: Dict[str, Any]) -> None:
+    for key, (lo, hi) in _INT_BOUNDS.items():
+        v = d.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi):
+            raise CheckpointError(f"model_config {key}={v!r} is outside {lo}..{hi}")
+    for key, (n_lo, n_hi, lo, hi) in _TUPLE_BOUNDS.items():
+        v = d.get(key)
+        if v is not None and (not isinstance(v, (list, tuple)) or not n_lo <= len(v) <= n_hi
+                              or not all(isinstance(x, int) and lo <= x <= hi for x in v)):
+            raise CheckpointError(f"model_config {key}={v!r}: {n_lo}-{n_hi} integers in {lo}..{hi} expected")
+    for key, hi in (("compression", 1.0), ("vgg_width", 16.0)):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or not 0 < v <= hi):
+            raise CheckpointError(f"model_config {key}={v!r} is outside (0, {hi}]")
+
+
 def config_from_dict(d: Dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a checkpoint describes, its fields checked against sane bounds first
+    (``CheckpointError``, one line, for a value out of bounds or a malformed entry)."""
     def tup(v):
         return tuple(tup(x) for x in v) if isinstance(v, (list, tuple)) else v
 
+    if not isinstance(d, dict) or not isinstance(d.get("anchors"), dict):
+        raise CheckpointError("model_config is malformed (no anchors entry)")
+    _check_config(d)
     d = dict(d)
-    anchors = AnchorConfig(**{k: tup(v) for k, v in d.pop("anchors").items()})
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(anchors=anchors, **{k: tup(v) for k, v in d.items() if k in known})
+    try:
+        anchors = AnchorConfig(**{k: tup(v) for k, v in d.pop("anchors").items()})
+        return ModelConfig(anchors=anchors, **{k: tup(v) for k, v in d.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model_config is malformed ({str(e).splitlines()[0]})") from None
+
+
+def load_weights(model: torch.nn.Module, state: Dict[str, Any], what: str = "model", source: str = "") -> None:
+    """``model.load_state_dict(state)``; tensors that do not fit the config's network are one line."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines[1:] if ln.startswith(("size mismatch", "Missing", "Unexpected"))),
+                     lines[0] if lines else type(e).__name__)
+        where = f"{source}: " if source else ""
+        raise CheckpointError(f"{where}the checkpoint's {what} weights do not match its model_config "
+                              f"({first[:200]})") from None
 
 
 def versions() -> Dict[str, str]:
@@ -83,6 +130,11 @@ def load_checkpoint(path: Path | str, map_location: Optional[str | torch.device]
         raise CheckpointError(f"{path}: not a loadable dsod checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a dsod checkpoint (no model/model_config entries)")
+    try:  # every field within bounds before anything is built from it
+        config_from_dict(ckpt["model_config"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    ckpt[LOADED_FROM] = str(path)  # in memory only: names the file in later messages
     return ckpt
 
 
@@ -100,5 +152,5 @@ def build_from_checkpoint(ckpt: Dict[str, Any]):
 
     cfg = config_from_dict(ckpt["model_config"])
     model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], source=ckpt.get(LOADED_FROM, ""))
     return model.eval(), cfg

@@ -3,7 +3,7 @@ are used. Only ``dsod.cli.main`` calls this; a program that imports dsod and cal
 its own allocator and thread count.
 
 Decided at start (measured with ``dsod bench``'s training section, docs/PERFORMANCE.md):
-- allocator: jemalloc (``engine.memory.JEMALLOC_CONF``) where it is installed (fastest measured and
+- allocator: jemalloc (``runtime.allocator.JEMALLOC_CONF``) where it is installed (fastest measured and
   leaner than glibc), else glibc's defaults. The process re-executes itself
   once with ``LD_PRELOAD`` set (an allocator cannot be swapped in a running process).
   ``DSOD_ALLOCATOR=glibc|mmap1m|jemalloc`` chooses; ``MALLOC_*``/``LD_PRELOAD`` set by the user win.
@@ -116,7 +116,10 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
 
     args = [a for a in argv[1:] if not a.startswith("batch=")]
     batch = int(keys.get("batch") or 16)
-    if not keys.get("resume"):
+    if keys.get("resume"):  # the run's own per-process batch, whatever was given
+        from ..model.checkpoint import load_checkpoint
+        batch = int((load_checkpoint(str(keys["resume"])).get("train_args") or {}).get("batch") or 1) * procs
+    else:
         args.append(f"batch={batch // procs}")
     from .distributed import free_port
 
@@ -126,7 +129,8 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs)}
     children = [subprocess.Popen([sys.executable, "-m", "dsod", argv[0], *args],
-                                 env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(procs)]
+                                 env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                 preexec_fn=die_with_parent(os.getpid())) for r in range(procs)]
 
     interrupted = []
 
@@ -153,6 +157,25 @@ def spawn_cpu_workers(argv: List[str], keys: Dict[str, object], procs: int) -> i
     # in teardown (seen under load: gloo's thread writing to a closed stdout, exit 250); the run was
     # interrupted either way.
     return 130 if interrupted else children[0].returncode
+
+
+def die_with_parent(parent: int):
+    """``preexec_fn`` of a worker: the kernel sends it SIGTERM when the launcher dies, even by
+    ``kill -9`` (Linux ``prctl(PR_SET_PDEATHSIG)``), so no orphan keeps training and writing; SIGTERM
+    lets it save last.pt first. A launcher that died before the call is caught by the parent check.
+    None (no hook) where prctl does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def hook() -> None:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
 
 
 def CPU_PROCESSES(cores: int) -> int:  # noqa: N802 - a measured rule, see the module docstring
