@@ -346,3 +346,16 @@ def test_a_symlink_loop_and_a_linked_duplicate_add_no_images(shared_data, tmp_pa
     (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
     spec = load_dataset(root / "data.yaml")
     assert len(spec.records("train")) == 3 and len(spec.records("val")) == 3
+
+
+def test_a_nan_in_a_yolo_polygon_is_a_problem_not_a_box(tmp_path):
+    """min()/max() over a polygon's coordinates skip a NaN silently: the line is refused by name."""
+    from dsod.data.records import SplitReport
+    from dsod.data.yolo import parse_label_file
+
+    label = tmp_path / "a.txt"
+    label.write_text("0 0.1 0.1 nan 0.2 0.3 0.3\n0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.1 0.1\n")
+    report = SplitReport("train")
+    objects = parse_label_file(label, 640, 480, report)
+    assert [o.where for o in objects] == ["line 2"]
+    assert report.counts["non-finite coordinate"] == 2 and "a.txt: line 1: non-finite value" in report.problems[0]

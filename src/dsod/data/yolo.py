@@ -16,6 +16,7 @@ are clipped like any box.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -133,6 +134,9 @@ def parse_label_file(path: Path, width: int, height: int, report: SplitReport) -
         except ValueError:
             bad = next(t for t in toks if not _is_float(t))
             report.problem(path, f"{where}: non-numeric value '{bad}'; skipped", "non-numeric coordinate")
+            continue
+        if not all(math.isfinite(v) for v in vals):  # min()/max() over a polygon would skip a NaN silently
+            report.problem(path, f"{where}: non-finite value ('{line.strip()[:60]}'); skipped", "non-finite coordinate")
             continue
         cls = vals[0]
         if cls != int(cls):

@@ -123,8 +123,12 @@ def load_checkpoint(path: Path | str, map_location: Optional[str | torch.device]
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        if "Weights only load failed" in str(e):  # torch's paragraph suggests weights_only=False: never
+        text = str(e)
+        if "Weights only load failed" in text and "GLOBAL" in text:
+            # torch's paragraph suggests weights_only=False: never
             why = "it holds Python objects beyond tensors and plain data, which are never executed here"
+        elif "Weights only load failed" in text or "invalid load key" in text or "zip archive" in text:
+            why = "not a PyTorch checkpoint file (damaged, or another kind of file)"
         else:
             why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         raise CheckpointError(f"{path}: not a loadable dsod checkpoint ({why})") from None
