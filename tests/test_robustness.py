@@ -90,13 +90,13 @@ def _wait_for(path, proc, seconds=240):
 def _children(pid):
     """PIDs whose parent is ``pid`` (from /proc)."""
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = entry.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
+            out.append(int(entry.parent.name))
     return out
 
 
