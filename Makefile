@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml requirements/ci.txt
 demo: $(STAMP)
 	$(PY) -m dsod demo
 
+# one pytest-xdist worker per core (tests/conftest.py shares the cores' threads between them)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 # docs/RESULTS.md: the BCCD recipe (one DDP process per core, dsod.runtime.launch) and the CPU-scale ablation (resumable;
 # run `make ablation` once per free core to share the queue).

@@ -5,8 +5,10 @@ import pytest
 import torch
 from helpers import shared_data_root
 
-# Keep the suite predictable on the 2-core CI machine.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep the suite predictable on the 2-core CI machine: the cores shared out between pytest-xdist's
+# workers (`make test` runs one per core), two threads at most.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_root()

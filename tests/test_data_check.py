@@ -332,7 +332,10 @@ def test_check_on_broken_data_lists_every_problem(broken_voc, tmp_path):
     report = format_report(res)
     for p in s["problems"]:
         assert p in report
-    assert (out / "labels_train.png").stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(out / "labels_train.png") as im:  # a whole, readable PNG
+        assert im.format == "PNG" and min(im.size) > 100
     with pytest.raises(DatasetError):
         check(broken_voc, strict=True)
 
@@ -350,11 +353,12 @@ def test_check_bccd_statistics_coverage_and_plots(shared_data, tmp_path):
     assert res["names"] == ["Platelets", "RBC", "WBC"] and res["num_default_boxes"] == 8744
     tr = res["splits"]["train"]
     assert (tr["images"], tr["boxes"], tr["images_without_boxes"]) == (205, 2804, 0)
-    assert sum(tr["class_counts"].values()) == 2804 and tr["class_counts"]["RBC"] > 2000
-    assert tr["box_size"]["width_px"]["min"] > 0 and tr["box_size"]["width_px"]["max"] <= 640
-    # small platelets are the hard case for DSOD300's default boxes; big RBCs are covered
-    assert 0 < tr["unmatched_share"] < 0.2
-    assert tr["unmatched_by_class"]["Platelets"] > 0.3 > tr["unmatched_by_class"]["RBC"]
+    assert tr["class_counts"] == {"Platelets": 209, "RBC": 2381, "WBC": 214}
+    assert tr["box_size"]["width_px"] == {"min": 20.0, "p5": 43.0, "median": 105.0, "p95": 175.0, "max": 288.0}
+    # small platelets are the hard case for DSOD300's default boxes (113 of 209); big RBCs are covered
+    # (geometry only: the same counts on every CPU)
+    assert tr["unmatched_boxes"] == 114 and tr["unmatched_share"] == pytest.approx(114 / 2804)
+    assert tr["unmatched_by_class"] == pytest.approx({"Platelets": 113 / 209, "RBC": 0.0, "WBC": 1 / 214})
     assert tr["problem_counts"] == {"zero-size box": 1} and "BloodImage_00343.xml" in tr["problems"][0]
     assert res["problems_total"] == 4  # 1 train + 1 val + 2 trainval
     text = format_report(res)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -69,83 +66,6 @@ def test_a_truncated_val_image_is_left_out_of_val_and_of_trainings_evaluation(sh
     out = capsys.readouterr().out
     assert "could not be decoded" in out and bad in out
     assert (tmp_path / "train" / "weights" / "best.pt").exists()
-
-
-def _train_cmd(data, project, name, *extra):
-    return [sys.executable, "-m", "dsod", "train", f"data={data}", "model=dsod-nano", "batch=4",
-            "iterations=100000", "workers=0", "val=false", "plots=false", "progress=false",
-            f"project={project}", f"name={name}", "save_interval=1", "max_images=8", "device=cpu",
-            "precise_bn=false", *extra]
-
-
-def _wait_for(path, proc, seconds=240):
-    deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    if not path.exists():
-        proc.kill()
-        pytest.fail(f"{path} not written within {seconds} s (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
-
-
-def _children(pid):
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry.parent.name))
-    return out
-
-
-def _alive(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
-def test_one_writer_per_run_folder_and_no_orphans_after_kill_9(shared_data, tmp_path, capsys):
-    """A real 2-process `dsod train`: a second run into its folder is refused with one line naming the
-    holder's PID; `kill -9` of the launcher takes both workers with it (none keeps training), the
-    folder's lock goes with them, and a temporary left by a save is removed by the next run."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DSOD_ALLOCATOR", "OMP_NUM_THREADS")}
-    env["DSOD_CPU_PROCESSES"] = "2"
-    proc = subprocess.Popen(_train_cmd(shared_data / "bccd", tmp_path, "run"), env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    last = tmp_path / "run" / "weights" / "last.pt"
-    _wait_for(last, proc)
-    workers = _children(proc.pid)
-    assert len(workers) == 2, workers
-    holder = (tmp_path / "run" / ".dsod.lock").read_text().strip()
-    assert int(holder) in workers  # rank 0 writes the folder, and holds it
-
-    code = main(["train", f"data={shared_data / 'bccd'}", "model=dsod-nano", "iterations=1", "batch=2",
-                 "workers=0", "val=false", f"project={tmp_path}", "name=run", "exist_ok=true", "device=cpu"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and f"in use by another dsod training run (PID {holder})" in err
-
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 60
-    while any(_alive(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers), "a DDP worker outlived its killed launcher"
-    stale = last.parent / ".last.12345.tmp.pt"  # what a kill inside torch.save leaves
-    stale.write_bytes(b"half a checkpoint")
-    done = int(load_checkpoint(last)["iteration"])
-    again = subprocess.run([sys.executable, "-m", "dsod", "train", f"resume={last}", f"stop_at={done + 1}",
-                            "progress=false"], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "2 DDP processes on gloo x 1 thread, batch 2 each" in again.stdout  # the run's own batch (4 / 2)
-    assert not stale.exists() and int(load_checkpoint(last)["iteration"]) == done + 1
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(last.stat().st_mode) == 0o666 & ~umask  # the user's umask, not 0600
 
 
 class _Exploit:
@@ -359,3 +279,27 @@ def test_a_nan_in_a_yolo_polygon_is_a_problem_not_a_box(tmp_path):
     objects = parse_label_file(label, 640, 480, report)
     assert [o.where for o in objects] == ["line 2"]
     assert report.counts["non-finite coordinate"] == 2 and "a.txt: line 1: non-finite value" in report.problems[0]
+
+
+def test_a_folder_that_is_not_an_image_folder_ends_the_scan_and_data_check_fails(shared_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """``val: /usr`` looked through everything; the scan is bounded and says which folder it gave up on.
+    ``path: /etc`` reads as empty splits: `data check` exits 1 saying so."""
+    from dsod.data import yolo
+
+    root = tmp_path / "yolo"
+    for split in ("train", "valid"):
+        (root / split / "images").mkdir(parents=True)
+        for img in sorted((shared_data / "cars_overhead" / split / "images").iterdir())[:3]:
+            shutil.copy(img, root / split / "images")
+    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
+    monkeypatch.setattr(yolo, "MAX_SCAN_ENTRIES", 2)
+    assert main(["data", "check", f"data={root / 'data.yaml'}", f"project={tmp_path}", "samples=0"]) == 1
+    cap = capsys.readouterr()
+    assert "looked at 2 entries without reaching the end" in cap.out and "train/images" in cap.out
+    assert cap.err.strip() == "dsod data check: train unreadable, val unreadable: no usable image there"
+
+    (tmp_path / "etc.yaml").write_text("path: /etc\ntrain: .\nval: .\nnames: [a]\n")
+    monkeypatch.setattr(yolo, "MAX_SCAN_ENTRIES", 200_000)
+    assert main(["data", "check", f"data={tmp_path / 'etc.yaml'}", f"project={tmp_path}", "samples=0"]) == 1
+    assert capsys.readouterr().err.strip() == "dsod data check: train empty, val empty: no usable image there"
