@@ -31,12 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from dsod.data import eval_loader  # noqa: E402
 from dsod.data.spec import load_dataset  # noqa: E402
 from dsod.export import export_onnx, quantize_int8, weight_bits  # noqa: E402
 from dsod.inference.postprocess.detection_output import PostProcessor  # noqa: E402
-from dsod.inference.runners import OrtRunner  # noqa: E402
+from dsod.inference.runners import OrtRunner, TorchRunner, detector  # noqa: E402
 from dsod.inference.sessions import preprocess_rgb, read_rgb  # noqa: E402
 from dsod.metrics import Evaluator  # noqa: E402
+from dsod.metrics.loop import evaluate  # noqa: E402
 from dsod.model.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from dsod.model.fast import fuse_for_inference  # noqa: E402
 
@@ -121,17 +123,10 @@ def main() -> int:
     fused = fuse_for_inference(model)
 
     post = PostProcessor(variances=cfg.anchors.variances)
-    evals = {k: Evaluator(spec.info, val, coco=False) for k in ("eager_fp32", "onnxruntime_fp32", "onnxruntime_int8")}
-    for r in val:
-        rgb = read_rgb(r.path)
-        x = preprocess_rgb(rgb, size)[None]
-        hw = [(r.height, r.width)]
-        with torch.inference_mode():
-            out = model(torch.from_numpy(x))
-        evals["eager_fp32"].update([r.image_id], post(out.bbox_regression, out.cls_logits, model.anchors_cxcywh, hw))
-        for key, det in (("onnxruntime_fp32", ort32), ("onnxruntime_int8", ort8)):
-            evals[key].update([r.image_id], post.select(*det(torch.from_numpy(x)), hw))
-    maps = {k: float(e.compute()["voc07_map50"]) for k, e in evals.items()}
+    # the one evaluation loop (dsod.metrics.loop) over each runner: what dsod val measures
+    maps = {k: float(evaluate(detector(r, post), eval_loader(val, size, batch=1),
+                              Evaluator(spec.info, val, coco=False), progress=False)["voc07_map50"])
+            for k, r in (("eager_fp32", TorchRunner(model)), ("onnxruntime_fp32", ort32), ("onnxruntime_int8", ort8))}
 
     x1 = torch.from_numpy(calib[:1].copy())
     # post-processing on this trained model's decoded outputs (a real image), at dsod val's score

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 
 def main(argv):
-    from dsod.data import DetectionDataset, collate, eval_transform, load_dataset, train_transform
+    from dsod.data import DetectionDataset, collate, eval_loader, load_dataset, train_transform
     from dsod.data.sampler import ResumableBatchSampler
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.precise_bn import recompute_bn_stats
@@ -42,8 +42,7 @@ def main(argv):
         loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
         batches = (b[0] for _, b in zip(range(max(1, images // batch)), loader))
         recompute_bn_stats(model, batches, torch.device("cpu"))
-        vl = DataLoader(DetectionDataset(val, eval_transform(cfg.image_size), train=False), batch_size=16,
-                        collate_fn=collate)
+        vl = eval_loader(val, cfg.image_size, 16)
         m = run_evaluation(model, vl, Evaluator(spec.info, val), torch.device("cpu"), progress=False)
         out["ema" if key == "model" else "raw"] = {"voc07_map50": round(m["voc07_map50"], 4),
                                                    "coco_ap": round(m["coco"]["AP"], 4)}

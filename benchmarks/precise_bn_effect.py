@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def main(argv):
-    from dsod.data import DetectionDataset, load_dataset, train_transform
-    from dsod.data import eval_loader as val_loader
+    from dsod.data import DetectionDataset, eval_loader, load_dataset, train_transform
     from dsod.engine.evaluate import run_evaluation
     from dsod.engine.loaders import side_batches
     from dsod.engine.precise_bn import bn_buffers, load_bn_buffers, recompute_bn_stats
@@ -49,7 +48,7 @@ def main(argv):
     train_set = DetectionDataset(spec.records("train"), train_transform(cfg.image_size, mode=ta["augment"],
                                  flipud=ta["flipud"]), train=True)
     batch = int(ta["batch"])
-    vl = val_loader(val, cfg.image_size, 16)
+    vl = eval_loader(val, cfg.image_size, 16)
     cpu = torch.device("cpu")
 
     def score():
