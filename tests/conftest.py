@@ -25,3 +25,6 @@ def pytest_configure(config):
     # tests/test_cuda.py: run on a GPU machine with `pytest -m cuda` (benchmarks/gpu_check.py does);
     # they skip where CUDA is not available, so the suite itself never needs a GPU
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    # the slow end-to-end runs, each proving what no unit test can (real training, real processes);
+    # `make test` runs them with the rest, `pytest -m e2e` alone, `pytest -m "not e2e"` skips them
+    config.addinivalue_line("markers", "e2e: slow end-to-end run (real training or real processes)")

@@ -39,6 +39,7 @@ def test_build_backbone_is_the_detectors_backbone():
     assert [p.shape for p in bb.parameters()] == [p.shape for p in det.backbone.parameters()]
 
 
+@pytest.mark.e2e
 def test_faster_rcnn_on_our_backbone_learns(shared_data):
     """torchvision's Faster R-CNN around the cpu-dsod backbone: its training losses fall on 4 real
     BCCD images, and evaluation maps its boxes back to original pixels for the evaluator."""
@@ -85,6 +86,7 @@ def test_faster_rcnn_trains_with_the_dsod_runs_settings():
     assert decays == {0.99}  # every BN of the backbone is Caffe's, at the budget's decay
 
 
+@pytest.mark.e2e
 def test_ablation_runs_are_resumable_shareable_and_reported(tmp_path, shared_data):
     from dsod.experiments.__main__ import main
     from dsod.experiments.ablation import Budget, run_one, write_report

@@ -51,6 +51,7 @@ def _iteration(path):
         return 0
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_cpu_ddp_workers_one_writer_kill_9_resume_and_ctrl_c(shared_data, tmp_path, capsys):
     """A real 2-process `dsod train`, as a user meets it: rank 0 holds the run folder, so a second run

@@ -64,6 +64,7 @@ def test_train_from_python_keeps_the_callers_process_settings(shared_data, tmp_p
     assert args["numerics"].startswith("numerics: ")
 
 
+@pytest.mark.e2e
 def test_bench_training_section_measures_each_configuration_in_fresh_processes():
     from dsod.bench.train import OLD_DEFAULT, training_section
     from dsod.engine.train_probe import default_train_config

@@ -59,6 +59,7 @@ def test_parse_duration_and_plan():
     assert b.total_iters < 787 and b.evaluations == 3  # slower steps and evaluations: a shorter run
 
 
+@pytest.mark.e2e
 def test_time_budget_end_to_end(bccd_small, tmp_path):
     """A real ``time=`` run plans from its own probe, evaluates, and records its plan. The plan's
     arithmetic is tested with given times above; how close runs end to their budget depends on the

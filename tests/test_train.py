@@ -77,6 +77,7 @@ def test_weights_with_other_class_count_reinitialise_heads(bccd_same_split, tmp_
     assert t.model.head.conf[0][-2].weight.shape[0] == 4 * 4 != other.head.conf[0][-2].weight.shape[0]
 
 
+@pytest.mark.e2e
 def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_path):
     from helpers import free_port, rel_error
 
@@ -139,6 +140,7 @@ def test_ddp_two_processes_equal_one_process_double_batch(bccd_same_split, tmp_p
     assert any(not torch.allclose(init[k], a[k]) for k in init if init[k].is_floating_point())
 
 
+@pytest.mark.e2e
 def test_small_preset_fits_the_bccd_images_it_trained_on(bccd_same_split, tmp_path):
     """4 images, no augmentation, AdamW: the loop (data -> model -> loss -> post-processing -> metrics)
     must memorise them; any broken link (box coding, label offsets, resize mapping) shows here. The
@@ -164,6 +166,7 @@ def test_small_preset_fits_the_bccd_images_it_trained_on(bccd_same_split, tmp_pa
     assert bccd_recall_at(model, PostProcessor(), stems, conf=0.3) > 0.8
 
 
+@pytest.mark.e2e
 def test_precise_bn_rescues_stale_statistics_and_leaves_training_alone(bccd_same_split, tmp_path):
     """With Caffe's 0.999 decay a short run's running averages still carry the statistics of its first
     weights; the checkpoint gets statistics re-estimated for its own weights, which score higher on
