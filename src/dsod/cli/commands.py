@@ -122,6 +122,10 @@ def cmd_predict(args: Dict[str, object]) -> int:
 
     if not args["model"] or not args["source"]:
         raise CLIError("model= and source= are required")
+    from ..inference.video import is_stream
+
+    if is_stream(str(args["source"])):
+        return predict_video(args)
     try:
         det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
                             data=args["data"], threads=args["threads"], conf=float(args["conf"]),
@@ -148,6 +152,29 @@ def cmd_predict(args: Dict[str, object]) -> int:
           f"predictions.json (COCO results format, original pixels) in {run_dir}")
     return 0
 
+
+
+def predict_video(args: Dict[str, object]) -> int:
+    """``dsod predict`` on a video file, camera or stream (``dsod.inference.video``)."""
+    from ..inference.predict import Detector
+    from ..inference.video import predict_stream
+
+    det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
+                        data=args["data"], threads=args["threads"], conf=float(args["conf"]),
+                        iou=float(args["iou"]), max_det=int(args["max_det"]))
+    run_dir = make_run_dir(args)
+    name = Path(str(args["source"])).stem if Path(str(args["source"])).suffix else "stream"
+    r = predict_stream(det, str(args["source"]), run_dir, name=name, batch=int(args["batch"]),
+                       save=bool(args["save"]), max_frames=int(args["max_frames"]), timeout=float(args["timeout"]),
+                       progress=bool(args["progress"]))
+    if r["ended_early"]:
+        print(f"source={args['source']}: the stream ended after {r['frames']} frame(s): {r['ended_early']}")
+    steps = "decode, network" + (", drawing, encoding" if r["video"] else "")
+    written = f", annotated video {r['video']}" if r["video"] else ""
+    print(f"{r['frames']} frame(s) in {r['seconds']:.1f} s: {r['fps']:.1f} frames/s end to end ({steps}), "
+          f"{r['network_fps']:.1f} frames/s the network and selection alone; per-frame detections in "
+          f"{r['jsonl']}{written}")
+    return 0
 
 
 def cmd_data(args: Dict[str, object]) -> int:

@@ -102,7 +102,8 @@ def val_options() -> Dict[str, Option]:
 def predict_options() -> Dict[str, Option]:
     return {
         "model": Option(None, "checkpoint .pt or an exported .onnx", optional(str)),
-        "source": Option(None, "image file, folder or glob pattern", optional(str)),
+        "source": Option(None, "image file, folder or glob pattern; a video file, a camera (0, /dev/video0) "
+                         "or a stream URL (rtsp://, http://)", optional(str)),
         "conf": Option(0.25, "minimum score to keep", float_range(0, 1)),
         "iou": Option(0.45, "NMS IoU threshold", float_range(0, 1)),
         "max_det": Option(200, "detections per image", positive_int),
@@ -113,7 +114,11 @@ def predict_options() -> Dict[str, Option]:
         "data": Option(None, "dataset to calibrate and check an int8 export on (default: the checkpoint's)",
                        optional(str)),
         "threads": Option(None, "ONNX Runtime intra-op threads (default: one per core)", optional(positive_int)),
-        "save": Option(True, "write annotated images", boolean),
+        "save": Option(True, "write annotated images (a video source: an annotated .mp4)", boolean),
+        "max_frames": Option(0, "video sources: stop after this many frames (0: until the source ends)", int),
+        "timeout": Option(30.0, "video sources: seconds to wait to open the source or for a frame",
+                          float_range(0.1, 3600)),
+        "progress": Option(True, "progress bar", boolean),
         "project": Option("runs", "results folder"), "name": Option("predict", "run name"),
         "exist_ok": Option(False, "reuse an existing run folder", boolean),
     }

@@ -163,7 +163,13 @@ class Detector:
 
 def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None:
     """Write the image with its boxes, class names and scores (JPEG/PNG by suffix), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        annotate(rgb, result).save(tmp)
 
+
+def annotate(rgb: np.ndarray, result: Dict[str, Any]) -> Image.Image:
+    """The image with its boxes, class names and scores drawn on it."""
     from PIL import ImageDraw
 
     img = Image.fromarray(rgb)
@@ -179,6 +185,4 @@ def draw_detections(rgb: np.ndarray, result: Dict[str, Any], path: Path) -> None
         tb = draw.textbbox((box[0], box[1]), text)
         draw.rectangle((tb[0], tb[1] - 1, tb[2] + 2, tb[3] + 1), fill=colour)
         draw.text((box[0] + 1, box[1]), text, fill=(255, 255, 255))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        img.save(tmp)
+    return img
