@@ -111,9 +111,15 @@ def evaluate_checkpoint(args, info, records):
     if list(det.names) != list(info.names):
         raise CLIError(f"model={args['model']} was trained on classes {det.names} but {args['data']} has "
                        f"{info.names}")
-    loader = eval_loader(records, det.image_size, int(args["batch"]), int(args["workers"]))
     evaluator = Evaluator(info, records)
-    return evaluate(detector(det.runner, det.postprocessor), loader, evaluator), evaluator
+    if str(args["slice"]).lower() in ("false", "no", "off", "0", "none"):
+        loader = eval_loader(records, det.image_size, int(args["batch"]), int(args["workers"]))
+        return evaluate(detector(det.runner, det.postprocessor), loader, evaluator), evaluator
+    from ..data import raw_loader
+    from ..inference.slicing import sliced_detector
+
+    detect = sliced_detector(det.runner, det.postprocessor, det.image_size, str(args["slice"]), det.geometry)
+    return evaluate(detect, raw_loader(records, int(args["workers"])), evaluator), evaluator
 
 
 def cmd_predict(args: Dict[str, object]) -> int:
@@ -129,7 +135,7 @@ def cmd_predict(args: Dict[str, object]) -> int:
     try:
         det = Detector.load(str(args["model"]), backend=str(args["backend"]), device=str(args["device"]),
                             data=args["data"], threads=args["threads"], conf=float(args["conf"]),
-                            iou=float(args["iou"]), max_det=int(args["max_det"]))
+                            iou=float(args["iou"]), max_det=int(args["max_det"]), slice=str(args["slice"]))
         results = det.predict(str(args["source"]), batch=int(args["batch"]))
     except (CheckpointError, PredictError) as e:
         raise CLIError(str(e)) from None

@@ -93,10 +93,20 @@ def val_options() -> Dict[str, Option]:
                           choices=list(BACKENDS)),
         "threads": Option(None, "ONNX Runtime intra-op threads (default: one per core)", optional(positive_int)),
         "plots": Option(True, "write PR curves and a confusion matrix", boolean),
+        "slice": Option("auto", "sliced inference (as dsod predict): auto, false, or a tile size in pixels",
+                        slice_value),
         "project": Option("runs", "results folder"), "name": Option("val", "run name"),
         "exist_ok": Option(False, "reuse an existing run folder", boolean),
     }
 
+
+
+def slice_value(v: str) -> str:
+    """``slice=``: auto, false or a tile size (checked as ``inference.slicing.decide_tile`` does)."""
+    from ..inference.slicing import decide_tile
+
+    decide_tile(v, (1, 1), None)  # raises ValueError with the reason
+    return str(v).strip().lower()
 
 
 def predict_options() -> Dict[str, Option]:
@@ -115,6 +125,8 @@ def predict_options() -> Dict[str, Option]:
                        optional(str)),
         "threads": Option(None, "ONNX Runtime intra-op threads (default: one per core)", optional(positive_int)),
         "save": Option(True, "write annotated images (a video source: an annotated .mp4)", boolean),
+        "slice": Option("auto", "sliced inference for big images: auto (tiles where images are much larger than "
+                        "the training images; printed), false, or a tile size in pixels", slice_value),
         "max_frames": Option(0, "video sources: stop after this many frames (0: until the source ends)", int),
         "timeout": Option(30.0, "video sources: seconds to wait to open the source or for a frame",
                           float_range(0.1, 3600)),

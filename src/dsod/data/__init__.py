@@ -11,7 +11,7 @@ matplotlib, which training does not; its default boxes come from the caller (``d
 makes them from the model presets). Otherwise ``dsod.data`` uses only ``dsod.config`` and the records
 contract.
 """
-from .dataset import DetectionDataset, build_dataloader, collate, eval_loader, seed_worker
+from .dataset import DetectionDataset, build_dataloader, collate, eval_loader, raw_loader, seed_worker
 from .images import MAX_PIXELS, ImageError, image_size, load_image, load_image_bgr
 from .records import DatasetError, DatasetInfo, ImageRecord, SplitReport
 from .sampler import ResumableBatchSampler
@@ -30,7 +30,7 @@ from .transforms import (
 
 __all__ = [
     "load_dataset", "DatasetSpec", "DatasetInfo", "ImageRecord", "DatasetError", "SplitReport",
-    "DetectionDataset", "collate", "build_dataloader", "eval_loader", "ResumableBatchSampler", "seed_worker",
+    "DetectionDataset", "collate", "build_dataloader", "eval_loader", "raw_loader", "ResumableBatchSampler", "seed_worker",
     "train_transform", "eval_transform", "SSDPhotometricDistort", "SSDBatchSamplerCrop", "ToNetworkInput",
     "SeededTransform", "denormalize", "AUGMENT_MODES", "augment_mode",
     "load_image", "load_image_bgr", "image_size", "ImageError", "MAX_PIXELS",

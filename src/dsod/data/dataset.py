@@ -185,6 +185,23 @@ def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = False, w
                       persistent_workers=persistent_workers and workers > 0)
 
 
+def _as_decoded(image, target):
+    return image, target
+
+
+def _as_list(batch):
+    kept = [(im, t) for im, t in batch if im is not None]
+    return [im for im, _ in kept], [t for _, t in kept] + [t for im, t in batch if im is None]
+
+
+def raw_loader(records: Sequence[ImageRecord], workers: int = 0) -> DataLoader:
+    """Every image of ``records`` once, in order, as decoded: (list of uint8 RGB (3, H, W) tensors,
+    targets), one image a batch; undecodable images dropped as in ``eval_loader``. For evaluations
+    that see the original pixels (``dsod val slice=``: sliced inference)."""
+    dataset = DetectionDataset(list(records), _as_decoded, train=False, on_error="drop")
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=int(workers), collate_fn=_as_list)
+
+
 def eval_loader(records: Sequence[ImageRecord], image_size: int, batch: int = 8, workers: int = 0) -> DataLoader:
     """Every image of ``records`` once, in order, with the test-time preprocessing
     (``data.preprocess``): what training's validation, ``dsod val`` and export's checks all read."""

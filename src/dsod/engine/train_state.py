@@ -31,6 +31,15 @@ def run_record(t) -> Dict[str, Any]:
     return {**args_dict(t.args), **extra}
 
 
+def _train_geometry(t) -> Optional[Dict[str, float]]:
+    """The training images' sizes (``inference.slicing.train_geometry``, for ``slice=auto``), once."""
+    from ..inference.slicing import train_geometry
+
+    if getattr(t, "_train_geometry", None) is None:
+        t._train_geometry = train_geometry(t.train_set.records)
+    return t._train_geometry
+
+
 def training_payload(t, metrics: Optional[Dict[str, Any]] = None,
                      train_bn: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
     """The checkpoint of trainer ``t`` as it stands."""
@@ -47,6 +56,7 @@ def training_payload(t, metrics: Optional[Dict[str, Any]] = None,
         "rng": rng_state(), "history": t.history, "best_fitness": t.best_fitness,
         "best_iteration": t.best_iteration, "total_iters": t.total_iters, "val_interval": t.val_interval,
         "anchor_fit": t.anchor_fit, "dataset_format": t.info.format, "world_size": t.world,
+        "train_geometry": _train_geometry(t),
     })
     return p
 

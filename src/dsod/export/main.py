@@ -31,6 +31,8 @@ def load_for_export(spec: str, imgsz: Optional[int]) -> Tuple[Any, Dict[str, Any
     p = Path(str(spec)).expanduser()
     meta = {"names": list(ckpt.get("names") or []), "category_ids": ckpt.get("category_ids"), "model": cfg.name,
             "source": p.name, "checkpoint_sha256": checkpoint_sha256(p)}
+    if ckpt.get("train_geometry"):  # slice=auto on the exported file too
+        meta["train_geometry"] = ckpt["train_geometry"]
     return model, meta, p.with_suffix(".onnx"), ckpt
 
 

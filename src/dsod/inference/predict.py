@@ -78,7 +78,8 @@ class Detector:
     """
 
     def __init__(self, runner, names: Sequence[str], image_size: int, category_ids: Optional[Sequence[int]] = None,
-                 conf: float = 0.25, iou: float = 0.45, max_det: int = 200, backend=None):
+                 conf: float = 0.25, iou: float = 0.45, max_det: int = 200, backend=None,
+                 slice: str = "false", geometry: Optional[Dict[str, float]] = None):
         self.runner = runner
         self.names = list(names)
         self.category_ids = list(category_ids) if category_ids else None
@@ -86,6 +87,9 @@ class Detector:
         self.conf = conf
         self.backend = backend  # the BackendChoice, when ``load`` made it
         self.skipped: List[str] = []  # "file: reason" of the image files ``predict`` could not decode
+        # sliced inference (``inference.slicing``): "auto", "false" or a tile size; the training images'
+        # sizes the checkpoint records decide "auto"
+        self.slice, self.geometry, self.log = str(slice), geometry, print
         # Thresholding at ``conf`` before NMS gives the same boxes above ``conf`` as thresholding after
         # (only a higher-scoring box can suppress another), and is faster.
         self.postprocessor = PostProcessor(score_thresh=conf, nms_thresh=iou, detections_per_img=max_det)
@@ -101,30 +105,44 @@ class Detector:
 
         try:
             choice = choose_backend(path, backend, device, data, log=log)
-            model, names, size, ids = None, None, None, None
+            model, names, size, ids, geometry = None, None, None, None, None
             if choice.name in ("torch", "fused"):
                 from ..model.checkpoint import build_from_checkpoint, load_checkpoint
 
                 ckpt = load_checkpoint(path)
                 model, cfg = build_from_checkpoint(ckpt)
                 names, size, ids = ckpt["names"], cfg.image_size, ckpt.get("category_ids")
+                geometry = ckpt.get("train_geometry")
             runner = open_runner(choice, model, threads)
         except (BackendError, CheckpointError, FileNotFoundError) as e:
             raise PredictError(str(e)) from None
         if model is None:
             meta = runner.metadata
             names, size, ids = meta.get("names") or [], meta["image_size"], meta.get("category_ids")
+            geometry = meta.get("train_geometry")
         log(choice.describe())
-        return cls(runner, names, size, ids, backend=choice, **kwargs)
+        return cls(runner, names, size, ids, backend=choice, geometry=geometry, **kwargs)
 
     def detect(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
         """A preprocessed batch (N, 3, S, S) -> one result per image (boxes in ``image_sizes`` pixels)."""
-        results = self.postprocessor.select(*self.runner(x), image_sizes)
+        return self._named(self.postprocessor.select(*self.runner(x), image_sizes))
+
+    def _named(self, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         for d in results:
             d["names"] = [self.names[int(l)] if int(l) < len(self.names) else str(int(l)) for l in d["labels"]]
         return results
 
     def predict_arrays(self, images: Sequence[np.ndarray], batch: int = 8) -> List[Dict[str, Any]]:
+        if self.slice.lower() not in ("false", "no", "off", "0", "none"):
+            from .slicing import sliced_detector
+
+            detect = sliced_detector(self.runner, self.postprocessor, self.image_size, self.slice, self.geometry,
+                                     self.log)
+            results = []
+            for im in images:
+                results += self._named(detect([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)],
+                                              [im.shape[:2]]))
+            return results
         results: List[Dict[str, Any]] = []
         for i in range(0, len(images), batch):
             chunk = images[i:i + batch]
