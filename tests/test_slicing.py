@@ -12,7 +12,7 @@ from helpers import confident_dsod_nano
 
 from dsod.cli import main
 from dsod.inference.slicing import decide_tile, detect_sliced, tile_grid, train_geometry
-from dsod.model.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from dsod.model.checkpoint import load_checkpoint
 
 NAMES = ["Platelets", "RBC", "WBC"]
 
