@@ -73,7 +73,8 @@ def test_merged_detections_are_the_tiles_run_one_by_one_then_class_wise_nms(shar
     assert torch.equal(got["labels"], labels[keep])
     whole = detect_sliced(det.runner, det.postprocessor, rgb, det.image_size, tile=max(h, w))
     plain = det.predict_arrays([rgb])[0]
-    torch.testing.assert_close(whole["scores"], plain["scores"]) and torch.equal(whole["labels"], plain["labels"])
+    torch.testing.assert_close(whole["scores"], plain["scores"])
+    assert torch.equal(whole["labels"], plain["labels"])
 
 
 def test_training_records_its_image_sizes_and_predict_and_val_slice(shared_data, tmp_path, capsys):

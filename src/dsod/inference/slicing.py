@@ -85,7 +85,7 @@ def detect_sliced(runner, postprocessor, rgb: np.ndarray, image_size: int, tile:
     h, w = rgb.shape[:2]
     tiles = [(0, 0, w, h)] + [t for t in tile_grid(h, w, tile, overlap) if t != (0, 0, w, h)][:MAX_TILES]
     crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
-    x = torch.stack([preprocess(np.ascontiguousarray(c), image_size) for c in crops])
+    x = torch.stack([preprocess(np.require(c, requirements=["C", "W"]), image_size) for c in crops])
     found = postprocessor.select(*runner(x), [c.shape[:2] for c in crops])
     boxes = torch.cat([f["boxes"] + torch.tensor([x0, y0, x0, y0], dtype=f["boxes"].dtype)
                        for f, (x0, y0, _, _) in zip(found, tiles)])
@@ -121,4 +121,4 @@ def sliced_detector(runner, postprocessor, image_size: int, slice_key: str, geom
 def _preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
     from ..data.preprocess import preprocess
 
-    return preprocess(np.ascontiguousarray(rgb), size)
+    return preprocess(np.require(rgb, requirements=["C", "W"]), size)
