@@ -52,7 +52,8 @@ def preprocess(rgb: Union[np.ndarray, torch.Tensor], size: Size) -> torch.Tensor
     if isinstance(rgb, np.ndarray):
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"image of shape {rgb.shape}: expected (H, W, 3) RGB uint8")
-        image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.uint8)).permute(2, 0, 1)
+        # a copy only where needed: read-only arrays (np.asarray of a PIL image) included
+        image = torch.from_numpy(np.require(rgb, dtype=np.uint8, requirements=["C", "W"])).permute(2, 0, 1)
     else:
         image = rgb
     return to_network_input(eval_resize(size)(image))
