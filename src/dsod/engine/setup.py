@@ -81,13 +81,14 @@ def load_data(a: TrainArgs) -> RunData:
         spec = load_dataset(data, val_fraction=a.val_fraction, seed=0, val_images=a.val_images)
     except ValueError as e:  # DatasetError: one line naming the file and the problem
         raise TrainingError(str(e)) from None
-    train = spec.records("train")[: a.max_images or None]
+    full_train, full_val = spec.records("train"), (spec.records("val") if "val" in spec.splits else [])
+    train, val = full_train[: a.max_images or None], full_val[: a.max_images or None]
     if not train:
         raise TrainingError(f"data={data}: the train split has no usable images")
-    val = (spec.records("val") if "val" in spec.splits else [])[: a.max_images or None]
-    report = [split_problems("train", train, spec.report("train"))]
+    # the report and the verdict are on the whole splits (what the problems were counted over)
+    report = [split_problems("train", full_train, spec.report("train"))]
     if "val" in spec.splits:
-        report.append(split_problems("val", val, spec.report("val")))
+        report.append(split_problems("val", full_val, spec.report("val")))
     try:
         check_trainable(report[0], data, a.bad_data_limit)
     except ValueError as e:
