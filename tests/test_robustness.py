@@ -32,6 +32,21 @@ def voc_set(shared_data, root, train, val, truncate=()):
     return root
 
 
+def yolo_set(shared_data, root, labels=True):
+    """Three cars_overhead images per split as a YOLO set (with or without their label files)."""
+    for split in ("train", "valid"):
+        (root / split / "images").mkdir(parents=True)
+        if labels:
+            (root / split / "labels").mkdir()
+        for img in sorted((shared_data / "cars_overhead" / split / "images").iterdir())[:3]:
+            shutil.copy(img, root / split / "images")
+            if labels:
+                shutil.copy(shared_data / "cars_overhead" / split / "labels" / (img.stem + ".txt"),
+                            root / split / "labels")
+    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
+    return root
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     model = confident_dsod_nano(len(NAMES))
@@ -183,12 +198,7 @@ def test_train_and_val_report_the_data_problems_and_training_refuses_too_few_box
 
 def test_a_yolo_set_without_labels_is_refused_and_data_check_fails_on_an_empty_split(shared_data, tmp_path,
                                                                                     capsys):
-    root = tmp_path / "yolo"
-    for split in ("train", "valid"):
-        (root / split / "images").mkdir(parents=True)
-        for img in sorted((shared_data / "cars_overhead" / split / "images").iterdir())[:3]:
-            shutil.copy(img, root / split / "images")
-    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
+    root = yolo_set(shared_data, tmp_path / "yolo", labels=False)
     assert main(["train", f"data={root / 'data.yaml'}", "model=dsod-nano", "iterations=1", "batch=2",
                  "workers=0", "val=false", f"project={tmp_path}", "device=cpu"]) == 2
     err = capsys.readouterr().err.strip()
@@ -253,17 +263,9 @@ def test_predict_keeps_files_of_the_same_name_apart_and_skips_an_unreadable_one(
 def test_a_symlink_loop_and_a_linked_duplicate_add_no_images(shared_data, tmp_path):
     from dsod.data import load_dataset
 
-    root = tmp_path / "yolo"
-    for split in ("train", "valid"):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "labels").mkdir()
-        for img in sorted((shared_data / "cars_overhead" / split / "images").iterdir())[:3]:
-            shutil.copy(img, root / split / "images")
-            label = shared_data / "cars_overhead" / split / "labels" / (img.stem + ".txt")
-            shutil.copy(label, root / split / "labels")
+    root = yolo_set(shared_data, tmp_path / "yolo", labels=True)
     os.symlink("..", root / "train" / "images" / "loop")  # images/loop -> images/.. -> images/loop ...
     os.symlink(root / "train" / "images", root / "train" / "images" / "again")
-    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
     spec = load_dataset(root / "data.yaml")
     assert len(spec.records("train")) == 3 and len(spec.records("val")) == 3
 
@@ -287,12 +289,7 @@ def test_a_folder_that_is_not_an_image_folder_ends_the_scan_and_data_check_fails
     ``path: /etc`` reads as empty splits: `data check` exits 1 saying so."""
     from dsod.data import yolo
 
-    root = tmp_path / "yolo"
-    for split in ("train", "valid"):
-        (root / split / "images").mkdir(parents=True)
-        for img in sorted((shared_data / "cars_overhead" / split / "images").iterdir())[:3]:
-            shutil.copy(img, root / split / "images")
-    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnames: [car]\n")
+    root = yolo_set(shared_data, tmp_path / "yolo", labels=False)
     monkeypatch.setattr(yolo, "MAX_SCAN_ENTRIES", 2)
     assert main(["data", "check", f"data={root / 'data.yaml'}", f"project={tmp_path}", "samples=0"]) == 1
     cap = capsys.readouterr()
